@@ -1,0 +1,367 @@
+"""Compose transforms into a ``torch.optim.Optimizer``.
+
+:class:`ChainOptimizer` runs a sequence of :class:`~optimlab.transforms.Transform` rules on
+each parameter group and adds the result to the parameters. It keeps torch.optim's contract:
+per-group hyperparameters read at every step (so any LR scheduler drives them), lazily created
+state made only of tensors, ``state_dict``/``load_state_dict``, ``step(closure)``, step hooks,
+parameters without ``.grad`` skipped and ``.grad`` never modified or deleted.
+
+Two execution paths share the same transform code:
+
+* eager (default): torch's ``_foreach_*`` kernels, one launch per list
+  (``foreach=False``: one tensor at a time, lower peak memory);
+* ``fused=True``: the whole chain is compiled with ``torch.compile`` into fused kernels; the
+  per-step scalars are graph inputs, so a changing learning rate or step count never
+  recompiles. The first step pays the compile (cached on disk across processes).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import _ops as ops
+from .transforms.adaptive import scalar_dtype
+from .transforms.base import Bucket, Transform, check_range
+from .transforms.scaling import ScaleByLearningRate
+
+__all__ = ["NONFINITE_POLICIES", "ChainOptimizer", "NonFiniteGradientError", "chain"]
+
+#: What ``step()`` does when a gradient holds inf or NaN.
+NONFINITE_POLICIES = ("raise", "skip", "ignore")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient held inf or NaN; the optimizer and its state were left untouched."""
+
+
+class ChainOptimizer(Optimizer):
+    """An optimizer made of update rules applied in order.
+
+    Args:
+        params: parameters or param-group dicts, as for any torch optimizer.
+        transforms: the rules, applied in order to the gradient. ``scale_by_learning_rate`` is
+            appended when absent, so the chain ends with ``p <- p - lr * update``.
+        lr: learning rate (group key ``lr``).
+        maximize: ascend instead of descend (the gradient is negated first).
+        nonfinite: what a step does when any gradient holds inf or NaN: ``"raise"`` (default:
+            :class:`NonFiniteGradientError` naming the group and parameter index, nothing
+            changed), ``"skip"`` (skip the whole step and count it in ``skipped_steps``) or
+            ``"ignore"`` (no check, as torch.optim; saves one read of the gradients).
+        foreach: ``None``/``True`` for multi-tensor kernels, ``False`` for one tensor at a time.
+        fused: ``True`` compiles the chain with ``torch.compile`` (see the module docstring).
+        defaults: extra group keys stored in every group (named optimizers use this to keep
+            torch.optim's group keys, such as ``capturable``).
+
+    Attributes:
+        info: per-step statistics the rules publish (``grad_norm`` from clipping), as tensors.
+        skipped_steps: steps skipped under ``nonfinite="skip"``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        transforms: Sequence[Transform] = (),
+        *,
+        lr: float | Tensor = 1e-3,
+        maximize: bool = False,
+        nonfinite: str = "raise",
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        if not isinstance(maximize, bool):
+            raise ValueError(f"maximize must be a bool, got {maximize!r}")
+        if fused and foreach is False:
+            raise ValueError("fused=True and foreach=False cannot be combined")
+        transforms = tuple(transforms)
+        for t in transforms:
+            if not isinstance(t, Transform):
+                raise TypeError(f"chain: expected optimlab transforms, got {t!r}")
+        if not any(isinstance(t, ScaleByLearningRate) for t in transforms):
+            transforms = (*transforms, ScaleByLearningRate(lr=lr))
+        self._transforms = transforms
+        merged: dict[str, Any] = {"lr": lr, "maximize": maximize}
+        for t in transforms:
+            for k, v in t.hyperparams.items():
+                if k != "lr":
+                    merged[k] = v
+        merged.update(defaults or {})
+        merged["foreach"] = foreach
+        merged["fused"] = fused
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
+        self.info: dict[str, Tensor] = {}
+        self._compiled: Callable[..., Any] | None = None
+        super().__init__(params, merged)
+
+    # ----- structure ---------------------------------------------------------------------------
+    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        """The rules applied to ``group`` (named optimizers choose them from group settings)."""
+        return self._transforms
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (validated: its hyperparameters must be in range, its keys known)."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._validate_group(group)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def _validate_group(self, group: Mapping[str, Any]) -> None:
+        check_range("lr", group["lr"], low=0.0, high=None)
+        if not isinstance(group["maximize"], bool):
+            raise ValueError(f"maximize must be a bool, got {group['maximize']!r}")
+        for p in group["params"]:
+            if not (p.is_floating_point() or p.is_complex()):
+                raise ValueError(f"parameters must be floating point or complex, got {p.dtype}")
+        for t in self.transforms_for(group):
+            t.validate(group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for k, v in self.defaults.items():
+                group.setdefault(k, v)
+
+    def state_bytes(self) -> int:
+        """Bytes held by the optimizer state tensors (all parameters)."""
+        total = 0
+        for st in self.state.values():
+            for v in st.values():
+                if isinstance(v, Tensor):
+                    total += v.numel() * v.element_size()
+        return total
+
+    # ----- the step --------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Perform one optimization step; returns ``closure()`` if a closure is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] = []
+        for gi, group in enumerate(self.param_groups):
+            ps, gs = [], []
+            for pi, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    continue
+                if g.is_sparse:
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients (param group "
+                        f"{gi}, parameter {pi}); use torch.optim.SparseAdam or a dense gradient"
+                    )
+                ps.append(p)
+                gs.append(g)
+            work.append((group, ps, gs))
+
+        if self.nonfinite != "ignore" and not self._grads_finite(work):
+            if self.nonfinite == "skip":
+                self.skipped_steps += 1
+                return loss
+            raise NonFiniteGradientError(self._nonfinite_message())
+
+        buckets, chains, groups = self._make_buckets(work)
+        if not buckets:
+            return loss
+        scalars = [[t.prepare(g, b) for t in ch] for b, ch, g in zip(buckets, chains, groups)]
+        maximize = [bool(g["maximize"]) for g in groups]
+        if self.defaults.get("fused"):
+            self.info = self._run_compiled(buckets, chains, groups, scalars, maximize)
+        else:
+            self.info = run_chains(buckets, chains, groups, scalars, maximize)
+        return loss
+
+    def _grads_finite(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
+                      ) -> bool:
+        per_device: dict[torch.device, list[Tensor]] = defaultdict(list)
+        for _, _, gs in work:
+            for g in gs:
+                per_device[g.device].append(g)
+        flags = []
+        for grads in per_device.values():
+            # The norm of a tensor is finite iff all its entries are (overflow of a huge but
+            # finite gradient reads as non-finite too, which is also unusable).
+            norms = torch._foreach_norm(grads)
+            flags.append(torch.stack(norms).isfinite().all())
+        return all(bool(f) for f in flags)
+
+    def _nonfinite_message(self) -> str:
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                    return (f"non-finite gradient (inf or NaN) in param group {gi}, parameter "
+                            f"{pi} (shape {tuple(p.shape)}); the step was not taken. Use "
+                            "nonfinite='skip' to skip such steps, or lower the learning rate")
+        return "non-finite gradient norm (overflow); the step was not taken"
+
+    def _make_buckets(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
+                      ) -> tuple[list[Bucket], list[tuple[Transform, ...]], list[dict[str, Any]]]:
+        buckets: list[Bucket] = []
+        chains: list[tuple[Transform, ...]] = []
+        groups: list[dict[str, Any]] = []
+        for group, ps, gs in work:
+            if not ps:
+                continue
+            chain_ = self.transforms_for(group)
+            needed = [t.needed_state(group) for t in chain_]
+            new_keys: dict[int, set[str]] = defaultdict(set)
+            steps = []
+            for p in ps:
+                st = self.state[p]
+                if "step" not in st:
+                    st["step"] = torch.tensor(0.0, dtype=scalar_dtype())
+                for t, keys in zip(chain_, needed):
+                    if keys and any(k not in st for k in keys):
+                        for k, v in t.init_state(p, group).items():
+                            if k not in st:
+                                st[k] = v
+                                new_keys[id(p)].add(k)
+                steps.append(st["step"])
+            torch._foreach_add_(steps, 1.0)
+            keys_all = [k for keys in needed for k in keys]
+            single = group.get("foreach") is False
+            split: dict[Any, list[int]] = defaultdict(list)
+            for i, (p, s) in enumerate(zip(ps, steps)):
+                key = (p.device, p.dtype, int(s.item()), frozenset(new_keys.get(id(p), ())))
+                split[(key, i) if single else key].append(i)
+            for key, idx in split.items():
+                if single:
+                    key = key[0]
+                device, dtype, step, fresh = key
+                params = [ps[i] for i in idx]
+                grads = [gs[i] for i in idx]
+                state = {k: [self.state[p][k] for p in params] for k in keys_all}
+                if dtype.is_complex:
+                    params, grads = _as_real(params), _as_real(grads)
+                    state = {k: _as_real(v) for k, v in state.items()}
+                buckets.append(Bucket(params, grads, state, step, fresh))
+                chains.append(chain_)
+                groups.append(group)
+        return buckets, chains, groups
+
+    def _run_compiled(self, buckets: list[Bucket], chains: list[tuple[Transform, ...]],
+                      groups: list[dict[str, Any]], scalars: list[list[dict[str, Any]]],
+                      maximize: list[bool]) -> dict[str, Tensor]:
+        if self._compiled is None:
+            self._compiled = torch.compile(_run_flat, fullgraph=True)
+        tensor_scalars = []
+        for b, sc_list in zip(buckets, scalars):
+            p0 = b.params[0]
+            dt = p0.dtype if p0.dtype in (torch.float32, torch.float64) else torch.float32
+            tensor_scalars.append([
+                {k: (torch.tensor(v, dtype=dt, device=p0.device)
+                     if isinstance(v, float) else v) for k, v in sc.items()}
+                for sc in sc_list
+            ])
+        flat = [(b.params, b.grads, b.state, b.step, b.new_keys) for b in buckets]
+        return self._compiled(flat, chains, groups, tensor_scalars, maximize)
+
+
+def _as_real(ts: list[Tensor]) -> list[Tensor]:
+    return [torch.view_as_real(t) if t.is_complex() else t for t in ts]
+
+
+def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
+               groups: list[dict[str, Any]], scalars: list[list[dict[str, Any]]],
+               maximize: list[bool]) -> dict[str, Tensor]:
+    """Run every bucket's chain stage by stage and add the updates to the parameters.
+
+    Stage-wise execution lets a rule that needs a statistic over all parameters (global-norm
+    clipping) see every bucket before any of them moves on.
+    """
+    info: dict[str, Tensor] = {}
+    us = [ops.neg(b.grads) if mx else list(b.grads) for b, mx in zip(buckets, maximize)]
+    depth = max(len(c) for c in chains)
+    for k in range(depth):
+        at_k = [i for i, c in enumerate(chains) if len(c) > k]
+        sharing: dict[int, list[int]] = defaultdict(list)
+        for i in at_k:
+            if chains[i][k].needs_global:
+                sharing[id(chains[i][k])].append(i)
+        for idx in sharing.values():
+            t = chains[idx[0]][k]
+            stat = t.global_stat([us[i] for i in idx], groups[idx[0]])
+            info[getattr(t, "info_key", type(t).__name__)] = stat
+            for i in idx:
+                scalars[i][k] = {**scalars[i][k], "stat": stat}
+        for i in at_k:
+            t = chains[i][k]
+            last = len(chains[i]) - 1
+            if k == last and isinstance(t, ScaleByLearningRate):
+                ops.add_(buckets[i].params, us[i], scalars[i][k]["neg_lr"])
+                us[i] = []
+            elif (k == last - 1 and isinstance(chains[i][last], ScaleByLearningRate)
+                  and t.fold_into_step(buckets[i], scalars[i][k])):
+                continue
+            else:
+                us[i] = t.apply(us[i], buckets[i], scalars[i][k])
+    for i, b in enumerate(buckets):
+        if us[i]:
+            ops.add_(b.params, us[i])
+        for t, sc in zip(chains[i], scalars[i]):
+            t.after_step(b, sc)
+    return info
+
+
+def _run_flat(flat: list[tuple[Any, ...]], chains: list[tuple[Transform, ...]],
+              groups: list[dict[str, Any]], scalars: list[list[dict[str, Any]]],
+              maximize: list[bool]) -> dict[str, Tensor]:
+    buckets = [Bucket(list(p), list(g), dict(s), step, nk) for p, g, s, step, nk in flat]
+    return run_chains(buckets, chains, groups, scalars, maximize)
+
+
+def chain(
+    params: Iterable[Any],
+    *transforms: Transform,
+    lr: float | Tensor = 1e-3,
+    maximize: bool = False,
+    nonfinite: str = "raise",
+    foreach: bool | None = None,
+    fused: bool | None = None,
+) -> ChainOptimizer:
+    """Build an optimizer from update rules, applied in order to the gradient.
+
+    Example::
+
+        opt = ol.chain(model.parameters(),
+                       ol.transforms.clip_by_global_norm(1.0),
+                       ol.transforms.scale_by_adam(b1=0.9, b2=0.999),
+                       ol.transforms.add_decayed_weights(0.01),
+                       lr=1e-3)
+
+    Each rule's hyperparameters become group keys (``betas``, ``weight_decay``, ...), so
+    schedulers and per-group settings work as with torch.optim. Two rules that would share a
+    key must be told apart with :meth:`~optimlab.transforms.Transform.with_keys`.
+    """
+    seen_h: dict[str, Transform] = {}
+    seen_s: dict[str, Transform] = {}
+    for t in transforms:
+        for k in t.group_keys():
+            if k in seen_h and k != "lr":
+                raise ValueError(
+                    f"chain: {seen_h[k]!r} and {t!r} both use the group key {k!r}; rename one, "
+                    f"e.g. {type(t).__name__}.with_keys({k}='{k}_2')"
+                )
+            seen_h[k] = t
+        for k in t.state_names():
+            if k in seen_s:
+                raise ValueError(
+                    f"chain: {seen_s[k]!r} and {t!r} both keep the state {k!r}; rename one "
+                    f"with .with_keys({k}='{k}_2')"
+                )
+            seen_s[k] = t
+    return ChainOptimizer(params, transforms, lr=lr, maximize=maximize, nonfinite=nonfinite,
+                          foreach=foreach, fused=fused)

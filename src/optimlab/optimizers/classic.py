@@ -1,0 +1,249 @@
+"""The classic optimizers as thin compositions of transforms.
+
+Each class takes torch.optim's arguments with torch.optim's defaults, keeps torch.optim's group
+and state keys (checkpoints load across), and adds two keyword-only options: ``nonfinite``
+(see :class:`~optimlab.chain.ChainOptimizer`) and ``fused=True`` meaning "compile the chain".
+None of them writes update math: the rules live in :mod:`optimlab.transforms`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch import Tensor
+
+from ..chain import ChainOptimizer
+from ..transforms.adaptive import (
+    ScaleByAdadelta,
+    ScaleByAdagrad,
+    ScaleByAdam,
+    ScaleByAdamax,
+    ScaleByNAdam,
+    ScaleByRAdam,
+    ScaleByRms,
+)
+from ..transforms.base import Transform
+from ..transforms.momentum import Trace
+from ..transforms.regularization import AddWeights
+from ..transforms.scaling import ScaleByInverseTimeDecay, ScaleByLearningRate
+
+__all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop"]
+
+Params = Iterable[Any]
+
+_WD = AddWeights(weight_decay=0.0)
+_LR = ScaleByLearningRate(lr=1e-3)
+_BETAS = (0.9, 0.999)
+
+
+class _Named(ChainOptimizer):
+    """Shared constructor: torch.optim's flags, and the per-group choice of rules."""
+
+    def __init__(self, params: Params, defaults: dict[str, Any], *, foreach: bool | None,
+                 fused: bool | None, capturable: bool, differentiable: bool,
+                 nonfinite: str) -> None:
+        name = type(self).__name__
+        if capturable:
+            raise ValueError(f"{name}: capturable=True (CUDA-graph capture) is not supported yet;"
+                             " use fused=True for compiled kernels")
+        if differentiable:
+            raise ValueError(f"{name}: differentiable=True is not supported; use torch.optim."
+                             f"{name} to differentiate through the step")
+        if fused and foreach:
+            raise ValueError(f"{name}: fused=True and foreach=True cannot both be set")
+        defaults = {**defaults, "capturable": capturable, "differentiable": differentiable}
+        super().__init__(params, (), lr=defaults["lr"], maximize=defaults["maximize"],
+                         nonfinite=nonfinite, foreach=foreach, fused=fused, defaults=defaults)
+
+
+class SGD(_Named):
+    """Stochastic gradient descent with momentum, dampening, Nesterov and L2 weight decay.
+
+    Batch, mini-batch and single-sample (stochastic) gradient descent are this optimizer fed
+    batches of different sizes. Rules: ``add_l2 -> trace -> scale_by_learning_rate``.
+    """
+
+    _chain = (_WD, Trace(momentum=0.0, dampening=0.0, nesterov=False), _LR)
+
+    def __init__(self, params: Params, lr: float | Tensor = 1e-3, momentum: float = 0,
+                 dampening: float = 0, weight_decay: float | Tensor = 0, nesterov: bool = False,
+                 *, maximize: bool = False, foreach: bool | None = None,
+                 differentiable: bool = False, fused: bool | None = None,
+                 nonfinite: str = "raise") -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize),
+                         foreach=foreach, fused=fused, capturable=False,
+                         differentiable=differentiable, nonfinite=nonfinite)
+
+    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        return self._chain
+
+
+class Adagrad(_Named):
+    """AdaGrad. Rules: ``add_l2 -> scale_by_adagrad -> scale_by_inverse_time_decay -> lr``."""
+
+    _chain = (_WD, ScaleByAdagrad(eps=1e-10, initial_accumulator_value=0.0),
+              ScaleByInverseTimeDecay(lr_decay=0.0), _LR)
+
+    def __init__(self, params: Params, lr: float | Tensor = 1e-2, lr_decay: float = 0,
+                 weight_decay: float = 0, initial_accumulator_value: float = 0,
+                 eps: float = 1e-10, foreach: bool | None = None, *, maximize: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 nonfinite: str = "raise") -> None:
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, maximize=maximize),
+                         foreach=foreach, fused=fused, capturable=False,
+                         differentiable=differentiable, nonfinite=nonfinite)
+
+    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        return self._chain
+
+
+class RMSprop(_Named):
+    """RMSprop, plain or centered, with momentum. Rules: ``add_l2 -> scale_by_rms -> trace ->
+    lr`` (the trace has no dampening and no Nesterov term, as in torch.optim.RMSprop)."""
+
+    _chain = (_WD, ScaleByRms(alpha=0.99, eps=1e-8, centered=False),
+              Trace(momentum=0.0, dampening=0.0, nesterov=False), _LR)
+
+    def __init__(self, params: Params, lr: float | Tensor = 1e-2, alpha: float = 0.99,
+                 eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
+                 centered: bool = False, capturable: bool = False, foreach: bool | None = None,
+                 maximize: bool = False, differentiable: bool = False, *,
+                 fused: bool | None = None, nonfinite: str = "raise") -> None:
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered, maximize=maximize),
+                         foreach=foreach, fused=fused, capturable=capturable,
+                         differentiable=differentiable, nonfinite=nonfinite)
+
+    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        return self._chain
+
+
+def _decay_placement(rule: Transform) -> dict[bool, tuple[Transform, ...]]:
+    """Coupled L2 goes before the adaptive rule, decoupled weight decay after it."""
+    return {False: (_WD, rule, _LR), True: (rule, _WD, _LR)}
+
+
+class Adam(_Named):
+    """Adam (and AMSGrad). ``decoupled_weight_decay=True`` makes it AdamW.
+
+    Rules: ``add_l2 -> scale_by_adam -> lr``, or ``scale_by_adam -> add_decayed_weights -> lr``.
+    """
+
+    _chains = _decay_placement(ScaleByAdam(betas=_BETAS, eps=1e-8, amsgrad=False))
+
+    def __init__(self, params: Params, lr: float | Tensor = 1e-3,
+                 betas: tuple[float | Tensor, float | Tensor] = _BETAS, eps: float = 1e-8,
+                 weight_decay: float = 0, amsgrad: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 decoupled_weight_decay: bool = False, nonfinite: str = "raise") -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad, maximize=maximize,
+                                      decoupled_weight_decay=decoupled_weight_decay),
+                         foreach=foreach, fused=fused, capturable=capturable,
+                         differentiable=differentiable, nonfinite=nonfinite)
+
+    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        return self._chains[bool(group.get("decoupled_weight_decay", False))]
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay (default 1e-2)."""
+
+    def __init__(self, params: Params, lr: float | Tensor = 1e-3,
+                 betas: tuple[float | Tensor, float | Tensor] = _BETAS, eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 nonfinite: str = "raise") -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                         maximize=maximize, capturable=capturable, differentiable=differentiable,
+                         fused=fused, decoupled_weight_decay=True, nonfinite=nonfinite)
+
+    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        return self._chains[True]
+
+
+class NAdam(_Named):
+    """NAdam (Dozat, 2016), with torch.optim's momentum decay and optional decoupled decay."""
+
+    _chains = _decay_placement(ScaleByNAdam(betas=_BETAS, eps=1e-8, momentum_decay=4e-3))
+
+    def __init__(self, params: Params, lr: float | Tensor = 2e-3,
+                 betas: tuple[float, float] = _BETAS, eps: float = 1e-8,
+                 weight_decay: float = 0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, foreach: bool | None = None,
+                 maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 nonfinite: str = "raise") -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay, maximize=maximize,
+                                      decoupled_weight_decay=decoupled_weight_decay),
+                         foreach=foreach, fused=fused, capturable=capturable,
+                         differentiable=differentiable, nonfinite=nonfinite)
+
+    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        return self._chains[bool(group.get("decoupled_weight_decay", False))]
+
+
+class RAdam(_Named):
+    """RAdam (Liu et al., 2020), with optional decoupled weight decay."""
+
+    _chains = _decay_placement(ScaleByRAdam(betas=_BETAS, eps=1e-8))
+
+    def __init__(self, params: Params, lr: float | Tensor = 1e-3,
+                 betas: tuple[float, float] = _BETAS, eps: float = 1e-8,
+                 weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 nonfinite: str = "raise") -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize,
+                                      decoupled_weight_decay=decoupled_weight_decay),
+                         foreach=foreach, fused=fused, capturable=capturable,
+                         differentiable=differentiable, nonfinite=nonfinite)
+
+    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        return self._chains[bool(group.get("decoupled_weight_decay", False))]
+
+
+class Adadelta(_Named):
+    """Adadelta (Zeiler, 2012). Rules: ``add_l2 -> scale_by_adadelta -> lr`` (lr=1.0)."""
+
+    _chain = (_WD, ScaleByAdadelta(rho=0.9, eps=1e-6), _LR)
+
+    def __init__(self, params: Params, lr: float | Tensor = 1.0, rho: float = 0.9,
+                 eps: float = 1e-6, weight_decay: float = 0, foreach: bool | None = None, *,
+                 capturable: bool = False, maximize: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, nonfinite: str = "raise") -> None:
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize),
+                         foreach=foreach, fused=fused, capturable=capturable,
+                         differentiable=differentiable, nonfinite=nonfinite)
+
+    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        return self._chain
+
+
+class Adamax(_Named):
+    """Adamax (Kingma & Ba, 2015). Rules: ``add_l2 -> scale_by_adamax -> lr``."""
+
+    _chain = (_WD, ScaleByAdamax(betas=_BETAS, eps=1e-8), _LR)
+
+    def __init__(self, params: Params, lr: float | Tensor = 2e-3,
+                 betas: tuple[float, float] = _BETAS, eps: float = 1e-8,
+                 weight_decay: float = 0, foreach: bool | None = None, *,
+                 maximize: bool = False, differentiable: bool = False, capturable: bool = False,
+                 fused: bool | None = None, nonfinite: str = "raise") -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize),
+                         foreach=foreach, fused=fused, capturable=capturable,
+                         differentiable=differentiable, nonfinite=nonfinite)
+
+    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        return self._chain

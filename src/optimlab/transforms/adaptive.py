@@ -1,0 +1,399 @@
+"""Adaptive per-coordinate scaling: AdaGrad, RMSprop, Adam, Adamax, NAdam, RAdam, Adadelta.
+
+Each rule turns the incoming update ``u`` (the gradient, possibly with L2 added) into a
+direction; the chain's final ``scale_by_learning_rate`` multiplies it by ``-lr``. State keys
+are torch.optim's, so checkpoints move between torch.optim and optimlab.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import _ops as ops
+from .base import Bucket, Transform, check_range, zeros_like
+
+__all__ = [
+    "ScaleByAdadelta",
+    "ScaleByAdagrad",
+    "ScaleByAdam",
+    "ScaleByAdamax",
+    "ScaleByNAdam",
+    "ScaleByRAdam",
+    "ScaleByRms",
+    "scale_by_adadelta",
+    "scale_by_adagrad",
+    "scale_by_adam",
+    "scale_by_adamax",
+    "scale_by_nadam",
+    "scale_by_radam",
+    "scale_by_rms",
+]
+
+
+def _check_betas(t: Transform, group: Mapping[str, Any]) -> None:
+    betas = t.hp(group, "betas")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{t.hk('betas')} must be a pair (beta1, beta2), got {betas!r}")
+    check_range(f"{t.hk('betas')}[0]", betas[0], low=0.0, high=1.0)
+    check_range(f"{t.hk('betas')}[1]", betas[1], low=0.0, high=1.0)
+
+
+def _check_eps(t: Transform, group: Mapping[str, Any]) -> None:
+    check_range(t.hk("eps"), t.hp(group, "eps"), low=0.0, high=None, low_open=True)
+
+
+def scalar_dtype() -> torch.dtype:
+    """torch.optim's dtype for per-parameter scalars (``step``, NAdam's ``mu_product``)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _scalar_state(param: Tensor, value: float) -> Tensor:
+    return torch.tensor(value, dtype=scalar_dtype(), device=param.device)
+
+
+class ScaleByAdagrad(Transform):
+    """AdaGrad (Duchi, Hazan & Singer, 2011)::
+
+        G <- G + u^2
+        out = u / (sqrt(G) + eps)
+
+    ``G`` starts at ``initial_accumulator_value``. Group keys: ``eps``,
+    ``initial_accumulator_value``; state: ``sum``.
+    """
+
+    state_keys = ("sum",)
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        _check_eps(self, group)
+        check_range(self.hk("initial_accumulator_value"),
+                    self.hp(group, "initial_accumulator_value"), low=0.0, high=None)
+
+    def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
+        v = float(self.hp(group, "initial_accumulator_value"))
+        return {self.sk("sum"): torch.full_like(param, v, memory_format=torch.preserve_format)}
+
+    def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
+        return {"eps": float(self.hp(group, "eps"))}
+
+    def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        acc = b.state[self.sk("sum")]
+        ops.addcmul_(acc, u, u, 1.0)
+        std = ops.sqrt(acc)
+        ops.add_scalar_(std, sc["eps"])
+        return ops.div(u, std)
+
+
+def scale_by_adagrad(eps: float = 1e-10, initial_accumulator_value: float = 0.0
+                     ) -> ScaleByAdagrad:
+    """AdaGrad scaling. See :class:`ScaleByAdagrad`."""
+    return ScaleByAdagrad(eps=eps, initial_accumulator_value=initial_accumulator_value)
+
+
+class ScaleByRms(Transform):
+    """RMSprop (Hinton, 2012), plain or centered (Graves, 2013)::
+
+        E <- alpha * E + (1 - alpha) * u^2
+        m <- alpha * m + (1 - alpha) * u                  (centered only)
+        out = u / (sqrt(E - m^2) + eps)                   (centered)
+        out = u / (sqrt(E) + eps)                         (plain)
+
+    Group keys: ``alpha``, ``eps``, ``centered``; state: ``square_avg``, ``grad_avg``.
+    """
+
+    state_keys = ("square_avg", "grad_avg")
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        check_range(self.hk("alpha"), self.hp(group, "alpha"), low=0.0, high=1.0,
+                    high_open=False)
+        _check_eps(self, group)
+
+    def needed_state(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        names = self.state_names()
+        return names if self.hp(group, "centered") else names[:1]
+
+    def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {k: zeros_like(param) for k in self.needed_state(group)}
+
+    def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
+        alpha = float(self.hp(group, "alpha"))
+        return {"alpha": alpha, "one_minus_alpha": 1.0 - alpha,
+                "eps": float(self.hp(group, "eps")), "centered": bool(self.hp(group, "centered"))}
+
+    def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        sq = b.state[self.sk("square_avg")]
+        ops.mul_(sq, sc["alpha"])
+        ops.addcmul_(sq, u, u, sc["one_minus_alpha"])
+        if sc["centered"]:
+            ga = b.state[self.sk("grad_avg")]
+            ops.lerp_(ga, u, sc["one_minus_alpha"])
+            avg = ops.clone(sq)
+            ops.addcmul_(avg, ga, ga, -1.0)
+            ops.sqrt_(avg)
+        else:
+            avg = ops.sqrt(sq)
+        ops.add_scalar_(avg, sc["eps"])
+        return ops.div(u, avg)
+
+
+def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False) -> ScaleByRms:
+    """RMSprop scaling. See :class:`ScaleByRms`."""
+    return ScaleByRms(alpha=alpha, eps=eps, centered=centered)
+
+
+class _Moments(Transform):
+    """Shared validation and first-moment state for the Adam family."""
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        _check_betas(self, group)
+        _check_eps(self, group)
+
+    def _betas(self, group: Mapping[str, Any]) -> tuple[float, float]:
+        b1, b2 = self.hp(group, "betas")
+        return float(b1), float(b2)
+
+
+class ScaleByAdam(_Moments):
+    """Adam (Kingma & Ba, 2015) with optional AMSGrad (Reddi, Kale & Kumar, 2018)::
+
+        m <- b1 * m + (1 - b1) * u
+        v <- b2 * v + (1 - b2) * u^2
+        v_max <- max(v_max, v)                             (amsgrad; v_max replaces v below)
+        out = m_hat / (sqrt(v_hat) + eps),   m_hat = m / (1 - b1^t),  v_hat = v / (1 - b2^t)
+
+    Group keys: ``betas``, ``eps``, ``amsgrad``; state: ``exp_avg``, ``exp_avg_sq``,
+    ``max_exp_avg_sq``.
+    """
+
+    state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def needed_state(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        names = self.state_names()
+        return names if self.hp(group, "amsgrad") else names[:2]
+
+    def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {k: zeros_like(param) for k in self.needed_state(group)}
+
+    def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
+        b1, b2 = self._betas(group)
+        return {"one_minus_b1": 1.0 - b1, "b2": b2, "one_minus_b2": 1.0 - b2,
+                "bc1": 1.0 - b1**b.step, "bc2_sqrt": math.sqrt(1.0 - b2**b.step),
+                "eps": float(self.hp(group, "eps")), "amsgrad": bool(self.hp(group, "amsgrad"))}
+
+    def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        m = b.state[self.sk("exp_avg")]
+        v = b.state[self.sk("exp_avg_sq")]
+        ops.lerp_(m, u, sc["one_minus_b1"])
+        ops.mul_(v, sc["b2"])
+        ops.addcmul_(v, u, u, sc["one_minus_b2"])
+        if sc["amsgrad"]:
+            v_max = b.state[self.sk("max_exp_avg_sq")]
+            ops.maximum_(v_max, v)
+            v = v_max
+        denom = ops.sqrt(v)
+        ops.div_(denom, sc["bc2_sqrt"])
+        ops.add_scalar_(denom, sc["eps"])
+        ops.mul_(denom, sc["bc1"])
+        return ops.div(m, denom)
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                  amsgrad: bool = False) -> ScaleByAdam:
+    """Adam scaling with bias correction (and AMSGrad). See :class:`ScaleByAdam`."""
+    return ScaleByAdam(betas=(b1, b2), eps=eps, amsgrad=amsgrad)
+
+
+class ScaleByAdamax(_Moments):
+    """Adamax, Adam's infinity-norm variant (Kingma & Ba, 2015, sec. 7.1)::
+
+        m <- b1 * m + (1 - b1) * u
+        w <- max(b2 * w, |u| + eps)
+        out = m / ((1 - b1^t) * w)
+
+    Group keys: ``betas``, ``eps``; state: ``exp_avg``, ``exp_inf``.
+    """
+
+    state_keys = ("exp_avg", "exp_inf")
+
+    def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {k: zeros_like(param) for k in self.state_names()}
+
+    def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
+        b1, b2 = self._betas(group)
+        return {"one_minus_b1": 1.0 - b1, "b2": b2, "inv_bc1": 1.0 / (1.0 - b1**b.step),
+                "eps": float(self.hp(group, "eps"))}
+
+    def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        m = b.state[self.sk("exp_avg")]
+        w = b.state[self.sk("exp_inf")]
+        ops.lerp_(m, u, sc["one_minus_b1"])
+        ops.mul_(w, sc["b2"])
+        norm = ops.clone(u)
+        ops.abs_(norm)
+        ops.add_scalar_(norm, sc["eps"])
+        ops.maximum_(w, norm)
+        out = ops.div(m, w)
+        ops.mul_(out, sc["inv_bc1"])
+        return out
+
+
+def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ScaleByAdamax:
+    """Adamax scaling. See :class:`ScaleByAdamax`."""
+    return ScaleByAdamax(betas=(b1, b2), eps=eps)
+
+
+class ScaleByNAdam(_Moments):
+    """NAdam, Adam with Nesterov momentum (Dozat, 2016), with momentum decay ``psi``::
+
+        mu_t = b1 * (1 - 0.5 * 0.96^(t * psi)),   P_t = prod_{i<=t} mu_i
+        m <- b1 * m + (1 - b1) * u ;  v <- b2 * v + (1 - b2) * u^2
+        d = sqrt(v / (1 - b2^t)) + eps
+        out = (1 - mu_t) / (1 - P_t) * u / d  +  mu_{t+1} / (1 - P_t * mu_{t+1}) * m / d
+
+    Group keys: ``betas``, ``eps``, ``momentum_decay``; state: ``exp_avg``, ``exp_avg_sq``,
+    ``mu_product`` (a scalar tensor per parameter, as in torch.optim.NAdam).
+    """
+
+    state_keys = ("exp_avg", "exp_avg_sq", "mu_product")
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        super().validate(group)
+        check_range(self.hk("momentum_decay"), self.hp(group, "momentum_decay"), low=0.0,
+                    high=None)
+
+    def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
+        m, v, mu = self.state_names()
+        return {m: zeros_like(param), v: zeros_like(param), mu: _scalar_state(param, 1.0)}
+
+    def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
+        b1, b2 = self._betas(group)
+        psi = float(self.hp(group, "momentum_decay"))
+        t = b.step
+        mu = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
+        mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
+        # The product is kept as a tensor in the state (torch.optim's format and rounding).
+        prod = (b.state[self.sk("mu_product")][0] * mu).item()
+        return {"one_minus_b1": 1.0 - b1, "b2": b2, "one_minus_b2": 1.0 - b2, "mu": mu,
+                "bc2_sqrt": math.sqrt(1.0 - b2**t), "eps": float(self.hp(group, "eps")),
+                "c_grad": (1.0 - mu) / (1.0 - prod), "c_avg": mu_next / (1.0 - prod * mu_next)}
+
+    def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        m = b.state[self.sk("exp_avg")]
+        v = b.state[self.sk("exp_avg_sq")]
+        ops.mul_(b.state[self.sk("mu_product")], sc["mu"])
+        ops.lerp_(m, u, sc["one_minus_b1"])
+        ops.mul_(v, sc["b2"])
+        ops.addcmul_(v, u, u, sc["one_minus_b2"])
+        denom = ops.sqrt(v)
+        ops.div_(denom, sc["bc2_sqrt"])
+        ops.add_scalar_(denom, sc["eps"])
+        out = ops.div(u, denom)
+        ops.mul_(out, sc["c_grad"])
+        ops.addcdiv_(out, m, denom, sc["c_avg"])
+        return out
+
+
+def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   momentum_decay: float = 4e-3) -> ScaleByNAdam:
+    """NAdam scaling. See :class:`ScaleByNAdam`."""
+    return ScaleByNAdam(betas=(b1, b2), eps=eps, momentum_decay=momentum_decay)
+
+
+class ScaleByRAdam(_Moments):
+    """RAdam, rectified Adam (Liu et al., 2020)::
+
+        m <- b1 * m + (1 - b1) * u ;  v <- b2 * v + (1 - b2) * u^2
+        rho_inf = 2 / (1 - b2) - 1 ;  rho_t = rho_inf - 2 t b2^t / (1 - b2^t)
+        if rho_t > 5:  r = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+                       out = r * m_hat * sqrt(1 - b2^t) / (sqrt(v) + eps)
+        else:          out = m_hat                           (m_hat = m / (1 - b1^t))
+
+    Group keys: ``betas``, ``eps``; state: ``exp_avg``, ``exp_avg_sq``.
+    """
+
+    state_keys = ("exp_avg", "exp_avg_sq")
+
+    def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {k: zeros_like(param) for k in self.state_names()}
+
+    def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
+        b1, b2 = self._betas(group)
+        t = b.step
+        rho_inf = 2.0 / (1.0 - b2) - 1.0
+        rho_t = rho_inf - 2.0 * t * b2**t / (1.0 - b2**t)
+        bc1 = 1.0 - b1**t
+        sc = {"one_minus_b1": 1.0 - b1, "b2": b2, "one_minus_b2": 1.0 - b2,
+              "eps": float(self.hp(group, "eps")), "rectified": rho_t > 5.0,
+              "inv_bc1": 1.0 / bc1, "coef": 0.0}
+        if rho_t > 5.0:
+            r = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                          / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            sc["coef"] = r * math.sqrt(1.0 - b2**t) / bc1
+        return sc
+
+    def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        m = b.state[self.sk("exp_avg")]
+        v = b.state[self.sk("exp_avg_sq")]
+        ops.lerp_(m, u, sc["one_minus_b1"])
+        ops.mul_(v, sc["b2"])
+        ops.addcmul_(v, u, u, sc["one_minus_b2"])
+        if not sc["rectified"]:
+            return ops.mul(m, sc["inv_bc1"])
+        denom = ops.sqrt(v)
+        ops.add_scalar_(denom, sc["eps"])
+        out = ops.div(m, denom)
+        ops.mul_(out, sc["coef"])
+        return out
+
+
+def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ScaleByRAdam:
+    """RAdam scaling. See :class:`ScaleByRAdam`."""
+    return ScaleByRAdam(betas=(b1, b2), eps=eps)
+
+
+class ScaleByAdadelta(Transform):
+    """Adadelta (Zeiler, 2012)::
+
+        E_g <- rho * E_g + (1 - rho) * u^2
+        out = sqrt(E_d + eps) / sqrt(E_g + eps) * u
+        E_d <- rho * E_d + (1 - rho) * out^2
+
+    Group keys: ``rho``, ``eps``; state: ``square_avg``, ``acc_delta``.
+    """
+
+    state_keys = ("square_avg", "acc_delta")
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        check_range(self.hk("rho"), self.hp(group, "rho"), low=0.0, high=1.0, high_open=False)
+        _check_eps(self, group)
+
+    def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {k: zeros_like(param) for k in self.state_names()}
+
+    def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
+        rho = float(self.hp(group, "rho"))
+        return {"rho": rho, "one_minus_rho": 1.0 - rho, "eps": float(self.hp(group, "eps"))}
+
+    def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        sq = b.state[self.sk("square_avg")]
+        acc = b.state[self.sk("acc_delta")]
+        ops.mul_(sq, sc["rho"])
+        ops.addcmul_(sq, u, u, sc["one_minus_rho"])
+        std = ops.add_scalar(sq, sc["eps"])
+        ops.sqrt_(std)
+        delta = ops.add_scalar(acc, sc["eps"])
+        ops.sqrt_(delta)
+        ops.div_(delta, std)
+        ops.mul_(delta, u)
+        ops.mul_(acc, sc["rho"])
+        ops.addcmul_(acc, delta, delta, sc["one_minus_rho"])
+        return delta
+
+
+def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> ScaleByAdadelta:
+    """Adadelta scaling. See :class:`ScaleByAdadelta`."""
+    return ScaleByAdadelta(rho=rho, eps=eps)

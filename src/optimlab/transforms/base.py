@@ -1,0 +1,202 @@
+"""The transform protocol: an update rule over lists of tensors.
+
+A :class:`Transform` turns the incoming update list ``u`` (the gradients, at the start of a chain)
+into a new update list, reading its hyperparameters from the parameter group and keeping its
+per-parameter state as plain tensors in ``optimizer.state[p]``. A chain runs transforms in order
+and finally adds the update to the parameters, so the sign convention is: the update a transform
+returns is what would be *added* after ``scale_by_learning_rate`` multiplies it by ``-lr``.
+
+Every step has two phases, so that the same rule runs eagerly and under ``torch.compile``:
+
+``prepare(group, bucket) -> dict``
+    Plain Python, once per bucket (parameters sharing device, dtype and step count): turns the
+    group's hyperparameters and the step count into the scalars the math needs (bias
+    corrections, ...). Floats are passed to ``apply`` as numbers on the eager path and as 0-dim
+    tensors on the compiled path; bools and ints are structural (they choose code paths).
+``apply(u, bucket, sc) -> list[Tensor]``
+    Tensor math only, through :mod:`optimlab._ops`. It must not modify ``u`` in place (``u`` may
+    be the ``.grad`` tensors themselves); it may update its own state tensors in place.
+
+Transforms hold no tensors and no mutable state, so one instance may serve many optimizers.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Bucket", "Transform", "check_range"]
+
+
+@dataclass
+class Bucket:
+    """The parameters of one group that are stepped together.
+
+    All share device, dtype and step count. ``state`` maps a state key to the list of that
+    state's tensors, aligned with ``params``. ``new_keys`` names the state entries created at
+    this step (a momentum buffer created now starts from the update, as in torch.optim.SGD).
+    """
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    state: dict[str, list[Tensor]]
+    step: int
+    new_keys: frozenset[str] = field(default_factory=frozenset)
+
+
+def check_range(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = True,
+) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``low <(=) value <(=) high``."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number or a one-element tensor, got shape "
+                             f"{tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    lo_ok = low is None or (v > low if low_open else v >= low)
+    hi_ok = high is None or (v < high if high_open else v <= high)
+    if v != v or not (lo_ok and hi_ok):
+        lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+        raise ValueError(f"{name} must be in {lo}, {hi}, got {value!r}")
+
+
+class Transform:
+    """Base class of an update rule. Subclasses set the class attributes and override methods.
+
+    Attributes:
+        hyperparams: group keys this rule reads, with this instance's values (the chain puts
+            them into the optimizer's defaults; param groups may override them).
+        state_keys: names of the per-parameter state tensors this rule may create.
+    """
+
+    #: Group keys -> values given to this instance.
+    hyperparams: dict[str, Any]
+    #: Per-parameter state keys this rule may create.
+    state_keys: tuple[str, ...] = ()
+
+    def __init__(self, **hyperparams: Any) -> None:
+        self.hyperparams = dict(hyperparams)
+        self._hkeys: dict[str, str] = {k: k for k in hyperparams}
+        self._skeys: dict[str, str] = {k: k for k in type(self).state_keys}
+        self.validate(self.hyperparams)
+
+    # ----- naming -------------------------------------------------------------------------
+    def with_keys(self, **rename: str) -> Transform:
+        """Return a copy whose group keys or state keys are renamed (``old=new``).
+
+        Needed only when two transforms of one chain would share a key, e.g.
+        ``add_l2(1e-4).with_keys(weight_decay="l2")`` beside ``add_decayed_weights(0.01)``.
+        """
+        new = copy.copy(self)
+        new._hkeys = dict(self._hkeys)
+        new._skeys = dict(self._skeys)
+        new.hyperparams = {}
+        for old, value in self.hyperparams.items():
+            new.hyperparams[rename.get(self._hkeys[old], self._hkeys[old])] = value
+        for internal, key in self._hkeys.items():
+            new._hkeys[internal] = rename.get(key, key)
+        for internal, key in self._skeys.items():
+            new._skeys[internal] = rename.get(key, key)
+        unknown = set(rename) - set(self._hkeys.values()) - set(self._skeys.values())
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}.with_keys: unknown key(s) {sorted(unknown)}; "
+                f"allowed: {sorted(set(self._hkeys.values()) | set(self._skeys.values()))}"
+            )
+        return new
+
+    def hk(self, name: str) -> str:
+        """The group key under which hyperparameter ``name`` is stored."""
+        return self._hkeys.get(name, name)
+
+    def sk(self, name: str) -> str:
+        """The state key under which state ``name`` is stored."""
+        return self._skeys.get(name, name)
+
+    def group_keys(self) -> Iterable[str]:
+        """Group keys this rule reads."""
+        return self._hkeys.values()
+
+    def state_names(self) -> tuple[str, ...]:
+        """State keys this rule may create."""
+        return tuple(self._skeys[k] for k in type(self).state_keys)
+
+    def hp(self, group: Mapping[str, Any], name: str) -> Any:
+        """Read hyperparameter ``name`` from ``group`` (tensors become Python numbers).
+
+        A key the group lacks falls back to this instance's own value (named optimizers use
+        rules whose extra knobs torch.optim does not expose, e.g. RMSprop's momentum has no
+        ``dampening`` key).
+        """
+        key = self.hk(name)
+        v = group[key] if key in group else self.hyperparams[key]
+        if isinstance(v, Tensor):
+            v = v.item()
+        elif isinstance(v, tuple):
+            v = tuple(x.item() if isinstance(x, Tensor) else x for x in v)
+        return v
+
+    # ----- behaviour ------------------------------------------------------------------------
+    def validate(self, group: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` naming the key if a hyperparameter in ``group`` is invalid.
+
+        ``group`` is keyed by group keys (after renaming).
+        """
+
+    def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Per-parameter state for ``param`` (only the keys that the group's settings need)."""
+        return {}
+
+    def needed_state(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        """State keys that the group's current settings need (created when missing)."""
+        return self.state_names()
+
+    def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
+        """Python scalars for ``apply`` (see the module docstring)."""
+        return {}
+
+    def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        """Return the transformed update list."""
+        return u
+
+    def after_step(self, b: Bucket, sc: Mapping[str, Any]) -> None:
+        """Act on the parameters after the update was added (proximal steps)."""
+
+    def fold_into_step(self, b: Bucket, sc: Mapping[str, Any]) -> bool:
+        """Optionally act on the parameters instead of on ``u`` when this rule comes right
+        before the final ``scale_by_learning_rate``; return True if it did.
+
+        The result must equal :meth:`apply` followed by the learning-rate step, up to rounding.
+        """
+        return False
+
+    #: True if :meth:`global_stat` must see every bucket before :meth:`apply` runs.
+    needs_global = False
+
+    def global_stat(self, us: list[list[Tensor]], group: Mapping[str, Any]) -> Tensor:
+        """A statistic over all buckets' updates (e.g. the global gradient norm)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
+        return f"{type(self).__name__}({args})"
+
+
+def zeros_like(p: Tensor) -> Tensor:
+    """A zero state tensor shaped like ``p``."""
+    return torch.zeros_like(p, memory_format=torch.preserve_format)

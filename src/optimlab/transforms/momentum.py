@@ -1,0 +1,77 @@
+"""Momentum: the heavy-ball and Nesterov traces."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from .. import _ops as ops
+from .base import Bucket, Transform, check_range, zeros_like
+
+__all__ = ["Trace", "trace"]
+
+
+class Trace(Transform):
+    """Momentum trace with dampening, heavy-ball or Nesterov form.
+
+    With momentum ``mu``, dampening ``tau`` and incoming update ``u``::
+
+        v <- mu * v + (1 - tau) * u          (v <- u at the buffer's first step)
+        out = u + mu * v   if nesterov       (Sutskever et al., 2013, as in torch.optim.SGD)
+        out = v            otherwise         (Polyak, 1964, "heavy ball")
+
+    ``momentum = 0`` turns the rule off (no state). Nesterov's look-ahead form
+    ``v <- mu v + lr grad(p - mu v); p <- p - v`` has the same iterates as this form
+    (see the test suite). Group keys: ``momentum``, ``dampening``, ``nesterov``; state:
+    ``momentum_buffer``.
+    """
+
+    state_keys = ("momentum_buffer",)
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        m = self.hp(group, "momentum")
+        check_range(self.hk("momentum"), m, low=0.0, high=1.0, high_open=False)
+        check_range(self.hk("dampening"), self.hp(group, "dampening"), low=0.0, high=1.0,
+                    high_open=False)
+        if self.hp(group, "nesterov") and (m <= 0 or self.hp(group, "dampening") != 0):
+            raise ValueError(
+                f"{self.hk('nesterov')}=True requires {self.hk('momentum')} > 0 and "
+                f"{self.hk('dampening')} = 0, got momentum={m}, "
+                f"dampening={self.hp(group, 'dampening')}"
+            )
+
+    def needed_state(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        return self.state_names() if self.hp(group, "momentum") != 0 else ()
+
+    def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {self.sk("momentum_buffer"): zeros_like(param)}
+
+    def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
+        mu = float(self.hp(group, "momentum"))
+        return {
+            "on": mu != 0,
+            "mu": mu,
+            "keep": 1.0 - float(self.hp(group, "dampening")),
+            "nesterov": bool(self.hp(group, "nesterov")),
+            "fresh": self.sk("momentum_buffer") in b.new_keys,
+        }
+
+    def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        if not sc["on"]:
+            return u
+        buf = b.state[self.sk("momentum_buffer")]
+        if sc["fresh"]:
+            ops.copy_(buf, u)
+        else:
+            ops.mul_(buf, sc["mu"])
+            ops.add_(buf, u, sc["keep"])
+        if sc["nesterov"]:
+            return ops.add(u, buf, sc["mu"])
+        return buf
+
+
+def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False) -> Trace:
+    """Momentum trace (heavy ball, or Nesterov with ``nesterov=True``). See :class:`Trace`."""
+    return Trace(momentum=momentum, dampening=dampening, nesterov=nesterov)
