@@ -17,6 +17,7 @@ Two execution paths share the same transform code:
 
 from __future__ import annotations
 
+import types
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -240,7 +241,7 @@ class ChainOptimizer(Optimizer):
             for key, idx in split.items():
                 if single:
                     key = key[0]
-                device, dtype, step, fresh = key
+                _, dtype, step, fresh = key
                 params = [ps[i] for i in idx]
                 grads = [gs[i] for i in idx]
                 state = {k: [self.state[p][k] for p in params] for k in keys_all}
@@ -256,7 +257,11 @@ class ChainOptimizer(Optimizer):
                       groups: list[dict[str, Any]], scalars: list[list[dict[str, Any]]],
                       maximize: list[bool]) -> dict[str, Tensor]:
         if self._compiled is None:
-            self._compiled = torch.compile(_run_flat, fullgraph=True)
+            # A code object of its own per optimizer: dynamo's recompile budget is kept per code
+            # object, so optimizers with different structures must not share one.
+            code = _run_flat.__code__.replace(co_name=f"optimlab_{type(self).__name__}_step")
+            fn = types.FunctionType(code, _run_flat.__globals__, code.co_name)
+            self._compiled = torch.compile(fn, fullgraph=True)
         tensor_scalars = []
         for b, sc_list in zip(buckets, scalars):
             p0 = b.params[0]
@@ -266,7 +271,9 @@ class ChainOptimizer(Optimizer):
                      if isinstance(v, float) else v) for k, v in sc.items()}
                 for sc in sc_list
             ])
-        flat = [(b.params, b.grads, b.state, b.step, b.new_keys) for b in buckets]
+        # step and new_keys were consumed by prepare(); keeping them out of the graph means a
+        # new step count never triggers a recompile.
+        flat = [(b.params, b.grads, b.state) for b in buckets]
         return self._compiled(flat, chains, groups, tensor_scalars, maximize)
 
 
@@ -319,7 +326,7 @@ def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
 def _run_flat(flat: list[tuple[Any, ...]], chains: list[tuple[Transform, ...]],
               groups: list[dict[str, Any]], scalars: list[list[dict[str, Any]]],
               maximize: list[bool]) -> dict[str, Tensor]:
-    buckets = [Bucket(list(p), list(g), dict(s), step, nk) for p, g, s, step, nk in flat]
+    buckets = [Bucket(list(p), list(g), dict(s), 0) for p, g, s in flat]
     return run_chains(buckets, chains, groups, scalars, maximize)
 
 
