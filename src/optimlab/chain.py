@@ -187,15 +187,15 @@ class ChainOptimizer(Optimizer):
 
     def _grads_finite(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
                       ) -> bool:
-        per_device: dict[torch.device, list[Tensor]] = defaultdict(list)
+        per_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
         for _, _, gs in work:
             for g in gs:
-                per_device[g.device].append(g)
+                per_kind[(g.device, g.dtype)].append(g)
         flags = []
-        for grads in per_device.values():
-            # The norm of a tensor is finite iff all its entries are (overflow of a huge but
-            # finite gradient reads as non-finite too, which is also unusable).
-            norms = torch._foreach_norm(grads)
+        for grads in per_kind.values():
+            # The max-norm is finite iff every entry is, and unlike the 2-norm it cannot
+            # overflow for finite float16 values. One read of the gradients, one sync.
+            norms = torch._foreach_norm(grads, float("inf"))
             flags.append(torch.stack(norms).isfinite().all())
         return all(bool(f) for f in flags)
 
