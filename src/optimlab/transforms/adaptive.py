@@ -156,6 +156,26 @@ class _Moments(Transform):
         b1, b2 = self.hp(group, "betas")
         return float(b1), float(b2)
 
+    def _moment_scalars(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        b1, b2 = self._betas(group)
+        return {"one_minus_b1": 1.0 - b1, "b2": b2, "one_minus_b2": 1.0 - b2,
+                "eps": float(self.hp(group, "eps"))}
+
+    def _update_first(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        """``m <- b1 * m + (1 - b1) * u``; returns ``m``."""
+        m = b.state[self.sk("exp_avg")]
+        ops.lerp_(m, u, sc["one_minus_b1"])
+        return m
+
+    def _update_moments(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]
+                        ) -> tuple[list[Tensor], list[Tensor]]:
+        """Both moments: also ``v <- b2 * v + (1 - b2) * u^2``; returns ``(m, v)``."""
+        m = self._update_first(u, b, sc)
+        v = b.state[self.sk("exp_avg_sq")]
+        ops.mul_(v, sc["b2"])
+        ops.addcmul_(v, u, u, sc["one_minus_b2"])
+        return m, v
+
 
 class ScaleByAdam(_Moments):
     """Adam (Kingma & Ba, 2015) with optional AMSGrad (Reddi, Kale & Kumar, 2018)::
@@ -180,16 +200,12 @@ class ScaleByAdam(_Moments):
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
         b1, b2 = self._betas(group)
-        return {"one_minus_b1": 1.0 - b1, "b2": b2, "one_minus_b2": 1.0 - b2,
-                "bc1": 1.0 - b1**b.step, "bc2_sqrt": math.sqrt(1.0 - b2**b.step),
-                "eps": float(self.hp(group, "eps")), "amsgrad": bool(self.hp(group, "amsgrad"))}
+        return {**self._moment_scalars(group), "bc1": 1.0 - b1**b.step,
+                "bc2_sqrt": math.sqrt(1.0 - b2**b.step),
+                "amsgrad": bool(self.hp(group, "amsgrad"))}
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
-        m = b.state[self.sk("exp_avg")]
-        v = b.state[self.sk("exp_avg_sq")]
-        ops.lerp_(m, u, sc["one_minus_b1"])
-        ops.mul_(v, sc["b2"])
-        ops.addcmul_(v, u, u, sc["one_minus_b2"])
+        m, v = self._update_moments(u, b, sc)
         if sc["amsgrad"]:
             v_max = b.state[self.sk("max_exp_avg_sq")]
             ops.maximum_(v_max, v)
@@ -223,14 +239,12 @@ class ScaleByAdamax(_Moments):
         return {k: zeros_like(param) for k in self.state_names()}
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
-        b1, b2 = self._betas(group)
-        return {"one_minus_b1": 1.0 - b1, "b2": b2, "inv_bc1": 1.0 / (1.0 - b1**b.step),
-                "eps": float(self.hp(group, "eps"))}
+        b1, _ = self._betas(group)
+        return {**self._moment_scalars(group), "inv_bc1": 1.0 / (1.0 - b1**b.step)}
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
-        m = b.state[self.sk("exp_avg")]
+        m = self._update_first(u, b, sc)
         w = b.state[self.sk("exp_inf")]
-        ops.lerp_(m, u, sc["one_minus_b1"])
         ops.mul_(w, sc["b2"])
         norm = ops.clone(u)
         ops.abs_(norm)
@@ -277,17 +291,12 @@ class ScaleByNAdam(_Moments):
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
         # The product is kept as a tensor in the state (torch.optim's format and rounding).
         prod = (b.state[self.sk("mu_product")][0] * mu).item()
-        return {"one_minus_b1": 1.0 - b1, "b2": b2, "one_minus_b2": 1.0 - b2, "mu": mu,
-                "bc2_sqrt": math.sqrt(1.0 - b2**t), "eps": float(self.hp(group, "eps")),
+        return {**self._moment_scalars(group), "mu": mu, "bc2_sqrt": math.sqrt(1.0 - b2**t),
                 "c_grad": (1.0 - mu) / (1.0 - prod), "c_avg": mu_next / (1.0 - prod * mu_next)}
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
-        m = b.state[self.sk("exp_avg")]
-        v = b.state[self.sk("exp_avg_sq")]
         ops.mul_(b.state[self.sk("mu_product")], sc["mu"])
-        ops.lerp_(m, u, sc["one_minus_b1"])
-        ops.mul_(v, sc["b2"])
-        ops.addcmul_(v, u, u, sc["one_minus_b2"])
+        m, v = self._update_moments(u, b, sc)
         denom = ops.sqrt(v)
         ops.div_(denom, sc["bc2_sqrt"])
         ops.add_scalar_(denom, sc["eps"])
@@ -326,9 +335,8 @@ class ScaleByRAdam(_Moments):
         rho_inf = 2.0 / (1.0 - b2) - 1.0
         rho_t = rho_inf - 2.0 * t * b2**t / (1.0 - b2**t)
         bc1 = 1.0 - b1**t
-        sc = {"one_minus_b1": 1.0 - b1, "b2": b2, "one_minus_b2": 1.0 - b2,
-              "eps": float(self.hp(group, "eps")), "rectified": rho_t > 5.0,
-              "inv_bc1": 1.0 / bc1, "coef": 0.0}
+        sc = {**self._moment_scalars(group), "rectified": rho_t > 5.0, "inv_bc1": 1.0 / bc1,
+              "coef": 0.0}
         if rho_t > 5.0:
             r = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
                           / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
@@ -336,11 +344,7 @@ class ScaleByRAdam(_Moments):
         return sc
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
-        m = b.state[self.sk("exp_avg")]
-        v = b.state[self.sk("exp_avg_sq")]
-        ops.lerp_(m, u, sc["one_minus_b1"])
-        ops.mul_(v, sc["b2"])
-        ops.addcmul_(v, u, u, sc["one_minus_b2"])
+        m, v = self._update_moments(u, b, sc)
         if not sc["rectified"]:
             return ops.mul(m, sc["inv_bc1"])
         denom = ops.sqrt(v)
