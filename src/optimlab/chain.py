@@ -84,8 +84,7 @@ class ChainOptimizer(Optimizer):
             raise ValueError("fused=True and foreach=False cannot be combined")
         transforms = tuple(transforms)
         for t in transforms:
-            if not isinstance(t, Transform):
-                raise TypeError(f"chain: expected optimlab transforms, got {t!r}")
+            _check_transform(t)
         if not any(isinstance(t, ScaleByLearningRate) for t in transforms):
             transforms = (*transforms, ScaleByLearningRate(lr=lr))
         self._transforms = transforms
@@ -114,8 +113,8 @@ class ChainOptimizer(Optimizer):
         group = self.param_groups[-1]
         try:
             self._validate_group(group)
-        except ValueError:
-            self.param_groups.pop()
+        except BaseException:
+            self.param_groups.pop()  # a refused group leaves the optimizer as it was
             raise
 
     def _validate_group(self, group: Mapping[str, Any]) -> None:
@@ -133,6 +132,10 @@ class ChainOptimizer(Optimizer):
         for group in self.param_groups:
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
+        for st in self.state.values():
+            # Checkpoints from torch < 1.12 store `step` as a Python number.
+            if "step" in st and not isinstance(st["step"], Tensor):
+                st["step"] = torch.tensor(float(st["step"]), dtype=scalar_dtype())
 
     def state_bytes(self) -> int:
         """Bytes held by the optimizer state tensors (all parameters)."""
@@ -282,6 +285,16 @@ class ChainOptimizer(Optimizer):
         return self._compiled(flat, chains, groups, tensor_scalars, maximize)
 
 
+def _check_transform(t: object) -> None:
+    if isinstance(t, Transform):
+        return
+    hint = ""
+    if callable(t):
+        hint = (" (a transform factory or class must be called, e.g. "
+                "ol.transforms.scale_by_adam() rather than ol.transforms.scale_by_adam)")
+    raise TypeError(f"chain: expected an optimlab transform, got {t!r}{hint}")
+
+
 def _as_real(ts: list[Tensor]) -> list[Tensor]:
     return [torch.view_as_real(t) if t.is_complex() else t for t in ts]
 
@@ -361,6 +374,7 @@ def chain(
     seen_h: dict[str, Transform] = {}
     seen_s: dict[str, Transform] = {}
     for t in transforms:
+        _check_transform(t)
         for k in t.group_keys():
             if k in seen_h and k != "lr":
                 raise ValueError(

@@ -75,7 +75,9 @@ class ScaleByAdagrad(Transform):
 
     def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
         v = float(self.hp(group, "initial_accumulator_value"))
-        return {self.sk("sum"): torch.full_like(param, v, memory_format=torch.preserve_format)}
+        # Complex parameters are stepped as (real, imag) pairs: both halves start at v.
+        fill = complex(v, v) if param.is_complex() else v
+        return {self.sk("sum"): torch.full_like(param, fill, memory_format=torch.preserve_format)}
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
         return {"eps": float(self.hp(group, "eps"))}

@@ -49,6 +49,13 @@ class Bucket:
     new_keys: frozenset[str] = field(default_factory=frozenset)
 
 
+def _tensor_number(name: str, value: Tensor) -> float | int | bool:
+    if value.numel() != 1:
+        raise ValueError(f"{name} must be a number or a one-element tensor, got shape "
+                         f"{tuple(value.shape)}")
+    return value.item()
+
+
 def check_range(
     name: str,
     value: Any,
@@ -60,10 +67,7 @@ def check_range(
 ) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``low <(=) value <(=) high``."""
     if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a number or a one-element tensor, got shape "
-                             f"{tuple(value.shape)}")
-        value = value.item()
+        value = _tensor_number(name, value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}")
     v = float(value)
@@ -146,9 +150,10 @@ class Transform:
         key = self.hk(name)
         v = group[key] if key in group else self.hyperparams[key]
         if isinstance(v, Tensor):
-            v = v.item()
-        elif isinstance(v, tuple):
-            v = tuple(x.item() if isinstance(x, Tensor) else x for x in v)
+            v = _tensor_number(key, v)
+        elif isinstance(v, (tuple, list)):
+            v = tuple(_tensor_number(f"{key}[{i}]", x) if isinstance(x, Tensor) else x
+                      for i, x in enumerate(v))
         return v
 
     # ----- behaviour ------------------------------------------------------------------------
