@@ -1,0 +1,524 @@
+"""Optimizer step time: optimlab against torch.optim and against the memory-bandwidth floor.
+
+What it measures
+----------------
+One ``optimizer.step()`` over a transformer-like parameter set (token embedding; per layer
+qkv, out-proj and 4x MLP weights and biases and two LayerNorms; a final LayerNorm) of about
+``--params`` parameters, with random parameters and random, fixed gradients. Every optimizer is
+run with representative settings (SGD momentum 0.9, AdamW weight decay 0.01, the rest at
+torch.optim's defaults) by up to five implementations:
+
+* ``optimlab``          optimlab's default eager path (``torch._foreach_*`` kernels);
+* ``optimlab fused``    optimlab with ``fused=True`` (the update rules compiled by torch.compile);
+* ``torch foreach``     ``torch.optim.X(..., foreach=True)``;
+* ``torch fused``       ``torch.optim.X(..., fused=True)``, where torch has it for the device
+                        (found by trying; "n/a" otherwise);
+* ``torch compiled``    ``torch.compile(opt.step)`` of the foreach optimizer (``--torch-compiled``;
+                        on by default on CUDA only, compiling it on CPU is slow).
+
+Each implementation gets its own parameters, gradients and state (regenerated from the same
+seed), is warmed up, then timed step by step in steady state (nothing is reset between steps):
+``torch.cuda.Event`` pairs on CUDA, ``time.perf_counter`` on CPU. The table shows the median.
+The first step (state allocation, and the compile for compiled implementations, which
+torch.compile caches on disk across processes) is reported separately in seconds.
+
+The same run measures the memory bandwidth (a large ``dst.copy_(src)``: bytes read + written
+over the median time) and, for each optimizer, its byte floor: the bytes the algorithm must move
+per step (``BYTES_PER_PARAM_FP32``, scaled to ``--dtype``) times the number of parameters. The
+floor time is those bytes over the measured bandwidth; no implementation can beat it by much
+once the working set is larger than the CPU caches.
+
+How to read the ratios
+----------------------
+* ``vs torch``: median time over torch.optim's fused time (its foreach time where torch has no
+  fused kernel for the optimizer; the column ``base`` in the JSON says which). Below 1 is faster
+  than torch.optim.
+* ``vs floor``: median time over the byte-floor time. 1.0 means the step runs at the measured
+  copy bandwidth; 3.0 means three times slower than memory allows (extra passes over the
+  tensors, launch overhead, ...). Small parameter sets that fit in cache can read below 1.
+* ``memory``: on CUDA the peak of ``torch.cuda.max_memory_allocated`` above what parameters and
+  gradients already held (state plus temporaries); on CPU the bytes of optimizer state.
+
+Usage::
+
+    python benchmarks/step_time.py                                  # CPU, 12M params, all nine
+    python benchmarks/step_time.py --device cuda --params 1e9 --json benchmarks/results/h100.json
+    python benchmarks/step_time.py --optimizers adamw,sgd --repeat 50 --torch-compiled
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import optimlab
+
+# Bytes one step must move per parameter in float32: every tensor the update reads plus every
+# tensor it writes, once each (4 bytes a float32 element; p = parameter, g = gradient, state
+# names as in torch.optim). Scalars (step counts, NAdam's mu_product) are not counted. Scaled
+# by element_size / 4 for other dtypes (state has the parameter's dtype, as in torch.optim).
+BYTES_PER_PARAM_FP32: dict[str, int] = {
+    # momentum 0.9: read p, g, momentum_buffer; write p, momentum_buffer (no momentum: 12 =
+    # read p, g; write p).
+    "sgd": 4 * (3 + 2),
+    # read p, g, sum; write p, sum.
+    "adagrad": 4 * (3 + 2),
+    # plain (not centered, no momentum): read p, g, square_avg; write p, square_avg
+    # (momentum adds momentum_buffer: 28; centered adds grad_avg: +8).
+    "rmsprop": 4 * (3 + 2),
+    # read p, g, exp_avg, exp_avg_sq; write p, exp_avg, exp_avg_sq (weight decay, coupled or
+    # decoupled, reads p, which is read anyway).
+    "adam": 4 * (4 + 3),
+    "adamw": 4 * (4 + 3),
+    "nadam": 4 * (4 + 3),
+    "radam": 4 * (4 + 3),
+    # read p, g, exp_avg, exp_inf; write p, exp_avg, exp_inf.
+    "adamax": 4 * (4 + 3),
+    # read p, g, square_avg, acc_delta; write p, square_avg, acc_delta.
+    "adadelta": 4 * (4 + 3),
+}
+
+#: Representative settings, passed as-is to both optimlab and torch.optim.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "sgd": {"lr": 1e-2, "momentum": 0.9},
+    "adagrad": {"lr": 1e-2},
+    "rmsprop": {"lr": 1e-3},
+    "adam": {"lr": 1e-3},
+    "adamw": {"lr": 1e-3, "weight_decay": 1e-2},
+    "nadam": {"lr": 2e-3},
+    "radam": {"lr": 1e-3},
+    "adadelta": {"lr": 1.0},
+    "adamax": {"lr": 2e-3},
+}
+
+IMPLS = ("optimlab", "optimlab fused", "torch foreach", "torch fused", "torch compiled")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+StepFn = Callable[[], Any]
+
+
+# ----- parameter set --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelShape:
+    """A transformer-like parameter layout."""
+
+    d_model: int
+    layers: int
+    vocab: int
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        d = self.d_model
+        out: list[tuple[int, ...]] = [(self.vocab, d)]  # token embedding
+        for _ in range(self.layers):
+            out += [
+                (3 * d, d), (3 * d,),   # qkv projection
+                (d, d), (d,),           # attention output projection
+                (4 * d, d), (4 * d,),   # MLP up
+                (d, 4 * d), (d,),       # MLP down
+                (d,), (d,),             # LayerNorm 1 weight, bias
+                (d,), (d,),             # LayerNorm 2 weight, bias
+            ]
+        out += [(d,), (d,)]  # final LayerNorm
+        return out
+
+    def numel(self) -> int:
+        return sum(math.prod(s) for s in self.shapes())
+
+
+def choose_shape(target: float, layers: int, embed_share: float = 0.2) -> ModelShape:
+    """Pick d_model (so the blocks hold about ``1 - embed_share`` of ``target``) and the vocab
+    (to fill the rest), giving a total within ``d_model`` parameters of ``target``."""
+    per_layer_d2 = 12 * layers  # 3d^2 + d^2 + 4d^2 + 4d^2 per layer
+    d = math.sqrt((1.0 - embed_share) * target / per_layer_d2)
+    step = 64 if d >= 512 else 8
+    d_model = max(8, int(d // step) * step)  # rounded down, so the vocab stays positive
+    blocks = ModelShape(d_model, layers, 0).numel()
+    vocab = max(1, round((target - blocks) / d_model))
+    return ModelShape(d_model, layers, vocab)
+
+
+def make_params(shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, device: torch.device,
+                seed: int = 0) -> list[torch.nn.Parameter]:
+    """Random parameters with random gradients attached; the same for the same seed."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    params = []
+    for shape in shapes:
+        p = torch.nn.Parameter(0.02 * torch.randn(shape, generator=gen, device=device,
+                                                  dtype=dtype))
+        # Never zeros: a zero gradient would let some kernels take shortcuts.
+        p.grad = 1e-2 * torch.randn(shape, generator=gen, device=device, dtype=dtype)
+        params.append(p)
+    return params
+
+
+# ----- environment and bandwidth -------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "optimlab": optimlab.__version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+        env["gpu_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
+    return env
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_bandwidth(device: torch.device, nbytes: int, repeat: int) -> dict[str, Any]:
+    """Copy bandwidth: bytes read + written by ``dst.copy_(src)`` over the median time."""
+    n = nbytes // 4
+    src = torch.rand(n, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):  # touch the pages, warm up
+        dst.copy_(src)
+    times = time_steps(lambda: dst.copy_(src), device, repeat)
+    t = statistics.median(times)
+    return {"bytes_copied": 4 * n, "times_s": times, "median_s": t,
+            "gb_per_s": 2 * 4 * n / t / 1e9}
+
+
+# ----- timing ---------------------------------------------------------------------------------
+def time_steps(fn: StepFn, device: torch.device, repeat: int) -> list[float]:
+    """Seconds per call of ``fn``, each call timed on its own."""
+    times: list[float] = []
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(repeat)]
+        sync(device)
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        sync(device)
+        times = [start.elapsed_time(end) / 1e3 for start, end in events]
+    else:
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def state_bytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors in an optimizer's state (optimlab's ``state_bytes`` for torch)."""
+    if isinstance(opt, optimlab.ChainOptimizer):
+        return opt.state_bytes()
+    return sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
+               if isinstance(v, Tensor))
+
+
+@dataclass
+class Result:
+    impl: str
+    status: str = "ok"  # "ok", "n/a" (torch has no such kernel) or "error"
+    note: str = ""
+    median_ms: float = float("nan")
+    times_ms: list[float] = field(default_factory=list)
+    first_step_s: float = float("nan")
+    state_bytes: int = 0
+    peak_memory_bytes: int | None = None  # CUDA only
+    vs_torch: float = float("nan")
+    vs_floor: float = float("nan")
+
+
+def build(impl: str, name: str, params: list[torch.nn.Parameter], nonfinite: str
+          ) -> tuple[torch.optim.Optimizer, StepFn]:
+    """The optimizer for ``impl`` and the function one step calls."""
+    kwargs = SETTINGS[name]
+    ol_cls = optimlab.OPTIMIZERS[name]
+    torch_cls = getattr(torch.optim, ol_cls.__name__)
+    opt: torch.optim.Optimizer
+    if impl == "optimlab":
+        opt = ol_cls(params, **kwargs, nonfinite=nonfinite)
+    elif impl == "optimlab fused":
+        opt = ol_cls(params, **kwargs, nonfinite=nonfinite, fused=True)
+    elif impl == "torch foreach":
+        opt = torch_cls(params, **kwargs, foreach=True)
+    elif impl == "torch fused":
+        opt = torch_cls(params, **kwargs, fused=True)
+    elif impl == "torch compiled":
+        opt = torch_cls(params, **kwargs, foreach=True)
+        return opt, torch.compile(opt.step)
+    else:
+        raise ValueError(f"unknown implementation {impl!r}")
+    return opt, opt.step
+
+
+def run_impl(impl: str, name: str, shapes: Sequence[tuple[int, ...]], dtype: torch.dtype,
+             device: torch.device, warmup: int, repeat: int, nonfinite: str) -> Result:
+    """Time one implementation of one optimizer on fresh parameters, gradients and state."""
+    res = Result(impl)
+    params = make_params(shapes, dtype, device)
+    opt: torch.optim.Optimizer | None = None
+    try:
+        sync(device)
+        if device.type == "cuda":
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            opt, step = build(impl, name, params, nonfinite)
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            res.first_step_s = time.perf_counter() - t0
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+            if impl != "torch fused" or isinstance(e, torch.OutOfMemoryError):
+                raise
+            res.status = "n/a"
+            res.note = (f"torch.optim has no fused {optimlab.OPTIMIZERS[name].__name__}"
+                        if isinstance(e, TypeError) and "fused" in str(e)
+                        else f"{type(e).__name__}: {str(e).splitlines()[0]}")
+            return res
+        for _ in range(warmup):
+            step()
+        times = time_steps(step, device, repeat)
+        res.times_ms = [1e3 * t for t in times]
+        res.median_ms = statistics.median(res.times_ms)
+        res.state_bytes = state_bytes(opt)
+        if device.type == "cuda":
+            res.peak_memory_bytes = torch.cuda.max_memory_allocated(device) - base
+        bad = [i for i, p in enumerate(params) if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise FloatingPointError(f"non-finite parameters after the steps (tensors {bad[:5]})")
+    except Exception as e:  # keep the other results; the run exits non-zero at the end
+        res.status, res.note = "error", f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    finally:
+        del opt, params
+        if impl in ("optimlab fused", "torch compiled"):
+            # Compiled code can hold on to the optimizer (and its state) through dynamo's
+            # caches; drop them so one implementation's memory is not charged to the next.
+            torch._dynamo.reset()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return res
+
+
+# ----- report ---------------------------------------------------------------------------------
+def fmt(x: float, spec: str) -> str:
+    return "-" if math.isnan(x) else format(x, spec)
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+def print_table(rows: list[dict[str, Any]], device: torch.device) -> None:
+    mem_head = "peak MiB" if device.type == "cuda" else "state MiB"
+    head = (f"{'optimizer':<10} {'impl':<15} {'median ms':>10} {'vs torch':>9} "
+            f"{'vs floor':>9} {'first s':>8} {mem_head:>10}")
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        for i, r in enumerate(row["results"]):
+            name = row["name"] if i == 0 else ""
+            if r.status != "ok":
+                print(f"{name:<10} {r.impl:<15} {r.status:>10}   ({r.note[:80]})")
+                continue
+            mem = r.peak_memory_bytes if device.type == "cuda" else r.state_bytes
+            print(f"{name:<10} {r.impl:<15} {r.median_ms:>10.3f} {fmt(r.vs_torch, '.2f'):>9} "
+                  f"{fmt(r.vs_floor, '.2f'):>9} {fmt(r.first_step_s, '.2f'):>8} "
+                  f"{mib(mem or 0):>10}")
+        print(f"{'':<10} {'byte floor':<15} {row['floor_ms']:>10.3f} {'':>9} {'1.00':>9} "
+              f"{'':>8} {'':>10}   ({row['bytes_per_param']} B/param)")
+
+
+def summarize(row: dict[str, Any]) -> str:
+    ok = [r for r in row["results"] if r.status == "ok"]
+    ours = [r for r in ok if r.impl.startswith("optimlab")]
+    theirs = [r for r in ok if r.impl.startswith("torch")]
+    if not ours or not theirs:
+        return f"{row['name']}: not enough results to compare"
+    a = min(ours, key=lambda r: r.median_ms)
+    b = min(theirs, key=lambda r: r.median_ms)
+    ratio = a.median_ms / b.median_ms
+    verdict = "faster" if ratio < 1 else "slower"
+    return (f"{row['name']}: best optimlab = {a.impl} {a.median_ms:.3f} ms, best torch = "
+            f"{b.impl} {b.median_ms:.3f} ms -> optimlab {ratio:.2f}x ({verdict})")
+
+
+# ----- main -----------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                    help="default: cuda when available, else cpu")
+    ap.add_argument("--params", type=float, default=None,
+                    help="target number of parameters (default 12e6 on CPU, 1e9 on CUDA)")
+    ap.add_argument("--layers", type=int, default=4,
+                    help="transformer layers (12 tensors each); d_model and vocab follow from "
+                         "--params (default 4)")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    ap.add_argument("--optimizers", default=",".join(SETTINGS),
+                    help="comma-separated names (default: all nine)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="timed steps per implementation (default 20 on CPU, 50 on CUDA)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed steps after the first (default 3 on CPU, 5 on CUDA)")
+    ap.add_argument("--torch-compiled", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time torch.compile(opt.step) of torch.optim's foreach optimizer "
+                         "(default: on for CUDA, off for CPU)")
+    ap.add_argument("--nonfinite", choices=optimlab.NONFINITE_POLICIES, default="raise",
+                    help="optimlab's inf/NaN gradient check; 'raise' is the library default, "
+                         "'ignore' skips it as torch.optim does (one read of the gradients "
+                         "less)")
+    ap.add_argument("--bandwidth-mib", type=int, default=None,
+                    help="size of the copied tensor (default 256 on CPU, 2048 on CUDA)")
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH",
+                    help="write every number and the environment to PATH "
+                         "(e.g. benchmarks/results/<machine>.json)")
+    args = ap.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available")
+    cuda = args.device == "cuda"
+    args.params = args.params if args.params is not None else (1e9 if cuda else 12e6)
+    args.repeat = args.repeat if args.repeat is not None else (50 if cuda else 20)
+    args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 3)
+    args.torch_compiled = cuda if args.torch_compiled is None else args.torch_compiled
+    args.bandwidth_mib = args.bandwidth_mib or (2048 if cuda else 256)
+    names = [n.strip().lower() for n in args.optimizers.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        ap.error(f"unknown optimizers {unknown}; choose from {', '.join(SETTINGS)}")
+    args.optimizers = names
+    if args.repeat < 1 or args.warmup < 0 or args.params < 1 or args.layers < 1:
+        ap.error("--repeat and --layers must be >= 1, --warmup >= 0, --params >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    if args.torch_compiled:
+        # torch.optim's step functions share code objects across optimizers, and dynamo keeps
+        # its recompile budget per code object: allow one entry per optimizer and more.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+
+    env = environment(device)
+    print(f"optimlab {env['optimlab']}, torch {env['torch']}, Python {env['python']}, "
+          f"{env['platform']}")
+    print(f"CPU: {env['cpu']} ({env['cpu_count']} logical CPUs), torch threads: "
+          f"{env['torch_threads']}")
+    if device.type == "cuda":
+        print(f"GPU: {env['gpu']} (CUDA {env['cuda']}, "
+              f"{env['gpu_memory_bytes'] / 2**30:.0f} GiB)")
+
+    shape = choose_shape(args.params, args.layers)
+    shapes = shape.shapes()
+    n_params = shape.numel()
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    print(f"parameters: {n_params:,} in {len(shapes)} tensors ({args.dtype}; d_model "
+          f"{shape.d_model}, {shape.layers} layers, vocab {shape.vocab}) on {device}")
+
+    bw = measure_bandwidth(device, args.bandwidth_mib * 2**20, max(args.repeat, 5))
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    print(f"copy bandwidth: {bw['gb_per_s']:.1f} GB/s (read + write, "
+          f"{args.bandwidth_mib} MiB copied, median of {len(bw['times_s'])})")
+    impls = [i for i in IMPLS if args.torch_compiled or i != "torch compiled"]
+    print(f"timing: {args.warmup} warm-up steps, median of {args.repeat}; implementations: "
+          f"{', '.join(impls)}; optimlab nonfinite={args.nonfinite!r}\n")
+
+    rows: list[dict[str, Any]] = []
+    for name in args.optimizers:
+        bytes_per_param = BYTES_PER_PARAM_FP32[name] * itemsize // 4
+        floor_s = n_params * bytes_per_param / (bw["gb_per_s"] * 1e9)
+        results = []
+        for impl in impls:
+            r = run_impl(impl, name, shapes, dtype, device, args.warmup, args.repeat,
+                         args.nonfinite)
+            results.append(r)
+            shown = f"{r.median_ms:.3f} ms" if r.status == "ok" else f"{r.status} {r.note}"
+            print(f"  {name:<9} {impl:<15} {shown}", file=sys.stderr, flush=True)
+        by_impl = {r.impl: r for r in results if r.status == "ok"}
+        base = by_impl.get("torch fused") or by_impl.get("torch foreach")
+        for r in results:
+            if r.status == "ok":
+                if base is not None:
+                    r.vs_torch = r.median_ms / base.median_ms
+                r.vs_floor = r.median_ms / (1e3 * floor_s)
+        rows.append({"name": name, "settings": SETTINGS[name],
+                     "bytes_per_param": bytes_per_param, "floor_ms": 1e3 * floor_s,
+                     "base": base.impl if base else None, "results": results})
+
+    print()
+    print_table(rows, device)
+    print()
+    summary = [summarize(row) for row in rows]
+    for line in summary:
+        print(line)
+
+    if args.json is not None:
+        out = {
+            "environment": env,
+            "config": {**{k: (str(v) if isinstance(v, Path) else v)
+                          for k, v in vars(args).items()},
+                       "n_params": n_params, "n_tensors": len(shapes),
+                       "shape": asdict(shape)},
+            "bandwidth": bw,
+            "optimizers": [{**row, "results": [asdict(r) for r in row["results"]]}
+                           for row in rows],
+            "summary": summary,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        # NaN (a missing number) is written as null, so the file is strict JSON.
+        args.json.write_text(json.dumps(_nan_to_none(out), indent=1) + "\n")
+        print(f"\nwrote {args.json}")
+    errors = [(row["name"], r) for row in rows for r in row["results"] if r.status == "error"]
+    for name, r in errors:
+        print(f"ERROR {name} {r.impl}: {r.note}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+if __name__ == "__main__":
+    sys.exit(main())
