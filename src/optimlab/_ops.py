@@ -38,6 +38,7 @@ __all__ = [
     "mul",
     "mul_",
     "neg",
+    "rdiv_",
     "soft_threshold_",
     "sqrt",
     "sqrt_",
@@ -153,6 +154,12 @@ def div(xs: Sequence[Tensor], ys: Sequence[Tensor] | Scalar) -> TensorList:
 def div_(xs: Sequence[Tensor], ys: Sequence[Tensor] | Scalar) -> None:
     """``x <- x / y`` in place (``y`` a list or a scalar)."""
     torch._foreach_div_(list(xs), list(ys) if isinstance(ys, (list, tuple)) else ys)
+
+
+def rdiv_(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
+    """``x <- y / x`` in place (reuses ``x``'s memory instead of allocating the quotient)."""
+    torch._foreach_reciprocal_(list(xs))
+    torch._foreach_mul_(list(xs), list(ys))
 
 
 def abs_(xs: Sequence[Tensor]) -> None:

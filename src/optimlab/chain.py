@@ -195,16 +195,20 @@ class ChainOptimizer(Optimizer):
             for g in gs:
                 per_kind[(g.device, g.dtype)].append(g)
         flags = []
-        for (_, dtype), grads in per_kind.items():
-            # The 2-norm is finite iff every entry is (or it overflowed: entries ~1e19 in fp32,
-            # unusable anyway); half types accumulate in fp32 so finite values never overflow.
-            # One read of the gradients and one host sync per step; torch's foreach 2-norm is
-            # far faster on CPU than the max-norm or per-tensor reductions.
-            if dtype in (torch.float16, torch.bfloat16):
-                norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
+        for (device, dtype), grads in per_kind.items():
+            # A sum (or 2-norm) is finite iff every entry is, short of overflow by entries of
+            # ~1e34 (~1e19 for the norm), which no update survives anyway. Half types
+            # accumulate in fp32. One read of the gradients and one host sync per step. On CPU
+            # per-tensor sums are the fastest exact check (12M params: 0.75 ms, foreach 2-norm
+            # 1.4 ms, foreach max-norm 100 ms); on GPUs the foreach norm is one fused kernel.
+            acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
+            if device.type == "cpu":
+                sums = [g.sum(dtype=acc) for g in grads]
+            elif acc is not None:
+                sums = [torch.linalg.vector_norm(g, dtype=acc) for g in grads]
             else:
-                norms = list(torch._foreach_norm(grads))
-            flags.append(torch.stack(norms).isfinite().all())
+                sums = list(torch._foreach_norm(grads))
+            flags.append(torch.stack(sums).isfinite().all())
         return all(bool(f) for f in flags)
 
     def _nonfinite_message(self) -> str:
@@ -214,7 +218,8 @@ class ChainOptimizer(Optimizer):
                     return (f"non-finite gradient (inf or NaN) in param group {gi}, parameter "
                             f"{pi} (shape {tuple(p.shape)}); the step was not taken. Use "
                             "nonfinite='skip' to skip such steps, or lower the learning rate")
-        return "non-finite gradient norm (overflow); the step was not taken"
+        return ("gradient entries too large to sum (overflow beyond ~1e34); the step was not "
+                "taken")
 
     def _make_buckets(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
                       ) -> tuple[list[Bucket], list[tuple[Transform, ...]], list[dict[str, Any]]]:

@@ -87,7 +87,8 @@ class ScaleByAdagrad(Transform):
         ops.addcmul_(acc, u, u, 1.0)
         std = ops.sqrt(acc)
         ops.add_scalar_(std, sc["eps"])
-        return ops.div(u, std)
+        ops.rdiv_(std, u)
+        return std
 
 
 def scale_by_adagrad(eps: float = 1e-10, initial_accumulator_value: float = 0.0
@@ -139,7 +140,8 @@ class ScaleByRms(Transform):
         else:
             avg = ops.sqrt(sq)
         ops.add_scalar_(avg, sc["eps"])
-        return ops.div(u, avg)
+        ops.rdiv_(avg, u)
+        return avg
 
 
 def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False) -> ScaleByRms:
@@ -216,7 +218,8 @@ class ScaleByAdam(_Moments):
         ops.div_(denom, sc["bc2_sqrt"])
         ops.add_scalar_(denom, sc["eps"])
         ops.mul_(denom, sc["bc1"])
-        return ops.div(m, denom)
+        ops.rdiv_(denom, m)
+        return denom
 
 
 def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
@@ -252,9 +255,10 @@ class ScaleByAdamax(_Moments):
         ops.abs_(norm)
         ops.add_scalar_(norm, sc["eps"])
         ops.maximum_(w, norm)
-        out = ops.div(m, w)
-        ops.mul_(out, sc["inv_bc1"])
-        return out
+        ops.copy_(norm, w)  # reuse the buffer for the output
+        ops.rdiv_(norm, m)
+        ops.mul_(norm, sc["inv_bc1"])
+        return norm
 
 
 def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ScaleByAdamax:
@@ -351,9 +355,9 @@ class ScaleByRAdam(_Moments):
             return ops.mul(m, sc["inv_bc1"])
         denom = ops.sqrt(v)
         ops.add_scalar_(denom, sc["eps"])
-        out = ops.div(m, denom)
-        ops.mul_(out, sc["coef"])
-        return out
+        ops.rdiv_(denom, m)
+        ops.mul_(denom, sc["coef"])
+        return denom
 
 
 def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ScaleByRAdam:
