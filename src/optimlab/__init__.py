@@ -11,9 +11,14 @@ Quick start::
                    lr=1e-3)
 """
 
-from . import transforms
+from . import averaging, lookahead, precision, telemetry, transforms
+from .accumulation import GradientAccumulator
+from .averaging import EMA, SWA, SWALR, WeightAverage, update_bn
 from .chain import NONFINITE_POLICIES, ChainOptimizer, NonFiniteGradientError, chain
+from .lookahead import Lookahead
 from .optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
+from .precision import stochastic_round, stochastic_round_
+from .telemetry import Telemetry, vanishing_exploding
 
 __version__ = "0.1.0"
 
@@ -31,19 +36,34 @@ OPTIMIZERS = {
 }
 
 __all__ = [
+    "EMA",
     "NONFINITE_POLICIES",
     "OPTIMIZERS",
     "SGD",
+    "SWA",
+    "SWALR",
     "Adadelta",
     "Adagrad",
     "Adam",
     "AdamW",
     "Adamax",
     "ChainOptimizer",
+    "GradientAccumulator",
+    "Lookahead",
     "NAdam",
     "NonFiniteGradientError",
     "RAdam",
     "RMSprop",
+    "Telemetry",
+    "WeightAverage",
+    "averaging",
     "chain",
+    "lookahead",
+    "precision",
+    "stochastic_round",
+    "stochastic_round_",
+    "telemetry",
     "transforms",
+    "update_bn",
+    "vanishing_exploding",
 ]

@@ -13,6 +13,18 @@ Two execution paths share the same transform code:
 * ``fused=True``: the whole chain is compiled with ``torch.compile`` into fused kernels; the
   per-step scalars are graph inputs, so a changing learning rate or step count never
   recompiles. The first step pays the compile (cached on disk across processes).
+
+Low-precision (bfloat16/float16) parameters can be trained with two keyword-only options; both
+leave float32/float64 parameters on exactly the code path they take without them:
+
+* ``master_weights=True``: an fp32 copy of each low-precision parameter is kept as state
+  (``master_param``, with the rules' states in fp32 too); the rules run on it with the gradient
+  upcast to fp32, and the result is rounded to nearest into the parameter (Micikevicius et al.,
+  2018, "Mixed precision training").
+* ``stochastic_rounding=True`` (bfloat16 only, no master copy): the rules run in fp32 on upcast
+  copies of the parameters and of their states (stored in the parameter's dtype, as torch.optim
+  does), and both are written back with unbiased stochastic rounding
+  (:func:`optimlab.precision.stochastic_round_`; Gupta et al., 2015; Zamirai et al., 2020).
 """
 
 from __future__ import annotations
@@ -27,11 +39,15 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _ops as ops
+from .precision import stochastic_round_
 from .transforms.adaptive import scalar_dtype
 from .transforms.base import Bucket, Transform, check_range
 from .transforms.scaling import ScaleByLearningRate
 
 __all__ = ["NONFINITE_POLICIES", "ChainOptimizer", "NonFiniteGradientError", "chain"]
+
+#: Parameter dtypes that ``master_weights`` / ``stochastic_rounding`` step in fp32.
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 #: What ``step()`` does when a gradient holds inf or NaN.
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
@@ -58,6 +74,14 @@ class ChainOptimizer(Optimizer):
         fused: ``True`` compiles the chain with ``torch.compile`` (see the module docstring).
         defaults: extra group keys stored in every group (named optimizers use this to keep
             torch.optim's group keys, such as ``capturable``).
+        master_weights: keep an fp32 master copy (state ``master_param``) of every bfloat16 or
+            float16 parameter, step it in fp32 with fp32 states, and round it to nearest into
+            the parameter. Other dtypes are unaffected.
+        stochastic_rounding: step bfloat16 parameters in fp32 on upcast copies of the parameter
+            and its states, and write both back with stochastic rounding (unbiased:
+            ``E[round(x)] = x``), without a master copy. Draws from torch's default generator
+            of the parameter's device. float16 parameters are refused (use ``master_weights``);
+            other dtypes are unaffected. Cannot be combined with ``master_weights``.
 
     Attributes:
         info: per-step statistics the rules publish (``grad_norm`` from clipping), as tensors.
@@ -75,7 +99,18 @@ class ChainOptimizer(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         defaults: Mapping[str, Any] | None = None,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
+        if not isinstance(master_weights, bool):
+            raise ValueError(f"master_weights must be a bool, got {master_weights!r}")
+        if not isinstance(stochastic_rounding, bool):
+            raise ValueError(f"stochastic_rounding must be a bool, got {stochastic_rounding!r}")
+        if master_weights and stochastic_rounding:
+            raise ValueError("master_weights=True and stochastic_rounding=True cannot be "
+                             "combined: stochastic rounding replaces the fp32 master copy")
+        self.master_weights = master_weights
+        self.stochastic_rounding = stochastic_rounding
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         if not isinstance(maximize, bool):
@@ -124,11 +159,16 @@ class ChainOptimizer(Optimizer):
         for p in group["params"]:
             if not (p.is_floating_point() or p.is_complex()):
                 raise ValueError(f"parameters must be floating point or complex, got {p.dtype}")
+            if self.stochastic_rounding and p.dtype == torch.float16:
+                raise ValueError("stochastic_rounding=True supports bfloat16 parameters only, "
+                                 "got a float16 parameter; use master_weights=True for float16")
         for t in self.transforms_for(group):
             t.validate(group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("master_weights", False)
+        self.__dict__.setdefault("stochastic_rounding", False)
         for group in self.param_groups:
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
@@ -136,6 +176,23 @@ class ChainOptimizer(Optimizer):
             # Checkpoints from torch < 1.12 store `step` as a Python number.
             if "step" in st and not isinstance(st["step"], Tensor):
                 st["step"] = torch.tensor(float(st["step"]), dtype=scalar_dtype())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict; with ``master_weights``, fp32 state of low-precision parameters
+        (the master copy, the rules' states) stays fp32 (torch.optim casts it to the
+        parameter's dtype)."""
+        super().load_state_dict(state_dict)
+        if not self.master_weights:
+            return
+        saved = state_dict["state"]
+        for group, saved_group in zip(self.param_groups, state_dict["param_groups"]):
+            for p, pid in zip(group["params"], saved_group["params"]):
+                if p.dtype not in LOW_PRECISION or pid not in saved:
+                    continue
+                for k, v in saved[pid].items():
+                    if (k != "step" and isinstance(v, Tensor) and v.dtype == torch.float32
+                            and v.shape == p.shape):
+                        self.state[p][k] = v.to(device=p.device, copy=True)
 
     def state_bytes(self) -> int:
         """Bytes held by the optimizer state tensors (all parameters)."""
@@ -177,7 +234,8 @@ class ChainOptimizer(Optimizer):
                 return loss
             raise NonFiniteGradientError(self._nonfinite_message())
 
-        buckets, chains, groups = self._make_buckets(work)
+        writeback: list[tuple[list[Tensor], list[Tensor], bool]] = []
+        buckets, chains, groups = self._make_buckets(work, writeback)
         if not buckets:
             return loss
         scalars = [[t.prepare(g, b) for t in ch] for b, ch, g in zip(buckets, chains, groups)]
@@ -186,6 +244,11 @@ class ChainOptimizer(Optimizer):
             self.info = self._run_compiled(buckets, chains, groups, scalars, maximize)
         else:
             self.info = run_chains(buckets, chains, groups, scalars, maximize)
+        for dst, src, stochastic in writeback:  # fp32 results into low-precision tensors
+            if stochastic:
+                stochastic_round_(dst, src)
+            else:
+                torch._foreach_copy_(dst, src)
         return loss
 
     def _grads_finite(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
@@ -221,8 +284,13 @@ class ChainOptimizer(Optimizer):
         return ("gradient entries too large to sum (overflow beyond ~1e34); the step was not "
                 "taken")
 
-    def _make_buckets(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
+    def _make_buckets(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]],
+                      writeback: list[tuple[list[Tensor], list[Tensor], bool]] | None = None
                       ) -> tuple[list[Bucket], list[tuple[Transform, ...]], list[dict[str, Any]]]:
+        """Group parameters into buckets; low-precision buckets under ``master_weights`` /
+        ``stochastic_rounding`` get fp32 tensors and append ``(dst, src, stochastic)`` pairs
+        to ``writeback`` for the caller to copy back after the rules ran."""
+        master = self.master_weights
         buckets: list[Bucket] = []
         chains: list[tuple[Transform, ...]] = []
         groups: list[dict[str, Any]] = []
@@ -237,9 +305,14 @@ class ChainOptimizer(Optimizer):
                 st = self.state[p]
                 if "step" not in st:
                     st["step"] = torch.tensor(0.0, dtype=scalar_dtype())
+                like = p
+                if master and p.dtype in LOW_PRECISION:
+                    if "master_param" not in st:
+                        st["master_param"] = p.detach().to(torch.float32, copy=True)
+                    like = st["master_param"]  # the rules' states are made fp32 too
                 for t, keys in zip(chain_, needed):
                     if keys and any(k not in st for k in keys):
-                        for k, v in t.init_state(p, group).items():
+                        for k, v in t.init_state(like, group).items():
                             if k not in st:
                                 st[k] = v
                                 new_keys[id(p)].add(k)
@@ -258,6 +331,8 @@ class ChainOptimizer(Optimizer):
                 params = [ps[i] for i in idx]
                 grads = [gs[i] for i in idx]
                 state = {k: [self.state[p][k] for p in params] for k in keys_all}
+                if dtype in LOW_PRECISION and (master or self.stochastic_rounding):
+                    params, grads, state = self._to_fp32(params, grads, state, writeback)
                 if dtype.is_complex:
                     params, grads = _as_real(params), _as_real(grads)
                     state = {k: _as_real(v) for k, v in state.items()}
@@ -265,6 +340,33 @@ class ChainOptimizer(Optimizer):
                 chains.append(chain_)
                 groups.append(group)
         return buckets, chains, groups
+
+    def _to_fp32(self, params: list[Tensor], grads: list[Tensor], state: dict[str, list[Tensor]],
+                 writeback: list[tuple[list[Tensor], list[Tensor], bool]] | None
+                 ) -> tuple[list[Tensor], list[Tensor], dict[str, list[Tensor]]]:
+        """fp32 tensors for a low-precision bucket, and what to write back after the step."""
+        if writeback is None:
+            raise RuntimeError("low-precision buckets need a writeback list")
+        grads32 = [g.to(torch.float32) for g in grads]
+        if self.master_weights:
+            masters = [self.state[p]["master_param"] for p in params]
+            writeback.append((params, masters, False))
+            for k, vs in state.items():  # states loaded or made in low precision: now fp32
+                if any(v.dtype in LOW_PRECISION for v in vs):
+                    vs[:] = [v.to(torch.float32) for v in vs]
+                    for p, v in zip(params, vs):
+                        self.state[p][k] = v
+            return masters, grads32, state
+        params32 = [p.detach().to(torch.float32) for p in params]
+        writeback.append((params, params32, True))
+        state32 = {}
+        for k, vs in state.items():
+            if vs and all(v.dtype == torch.bfloat16 for v in vs):
+                state32[k] = [v.to(torch.float32) for v in vs]
+                writeback.append((vs, state32[k], True))
+            else:
+                state32[k] = vs
+        return params32, grads32, state32
 
     def _run_compiled(self, buckets: list[Bucket], chains: list[tuple[Transform, ...]],
                       groups: list[dict[str, Any]], scalars: list[list[dict[str, Any]]],

@@ -1,8 +1,9 @@
 """The classic optimizers as thin compositions of transforms.
 
 Each class takes torch.optim's arguments with torch.optim's defaults, keeps torch.optim's group
-and state keys (checkpoints load across), and adds two keyword-only options: ``nonfinite``
-(see :class:`~optimlab.chain.ChainOptimizer`) and ``fused=True`` meaning "compile the chain".
+and state keys (checkpoints load across), and adds keyword-only options documented on
+:class:`~optimlab.chain.ChainOptimizer`: ``nonfinite``, ``fused=True`` meaning "compile the
+chain", and for bf16/fp16 parameters ``master_weights`` / ``stochastic_rounding``.
 None of them writes update math: the rules live in :mod:`optimlab.transforms`.
 """
 
@@ -42,7 +43,8 @@ class _Named(ChainOptimizer):
 
     def __init__(self, params: Params, defaults: dict[str, Any], *, foreach: bool | None,
                  fused: bool | None, capturable: bool, differentiable: bool,
-                 nonfinite: str) -> None:
+                 nonfinite: str, master_weights: bool = False,
+                 stochastic_rounding: bool = False) -> None:
         name = type(self).__name__
         if capturable:
             raise ValueError(f"{name}: capturable=True (CUDA-graph capture) is not supported yet;"
@@ -54,7 +56,8 @@ class _Named(ChainOptimizer):
             raise ValueError(f"{name}: fused=True and foreach=True cannot both be set")
         defaults = {**defaults, "capturable": capturable, "differentiable": differentiable}
         super().__init__(params, (), lr=defaults["lr"], maximize=defaults["maximize"],
-                         nonfinite=nonfinite, foreach=foreach, fused=fused, defaults=defaults)
+                         nonfinite=nonfinite, foreach=foreach, fused=fused, defaults=defaults,
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding)
 
 
 class SGD(_Named):
@@ -70,12 +73,15 @@ class SGD(_Named):
                  dampening: float = 0, weight_decay: float | Tensor = 0, nesterov: bool = False,
                  *, maximize: bool = False, foreach: bool | None = None,
                  differentiable: bool = False, fused: bool | None = None,
-                 nonfinite: str = "raise") -> None:
+                 nonfinite: str = "raise", master_weights: bool = False,
+                 stochastic_rounding: bool = False) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize),
                          foreach=foreach, fused=fused, capturable=False,
-                         differentiable=differentiable, nonfinite=nonfinite)
+                         differentiable=differentiable, nonfinite=nonfinite,
+                         master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding)
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
         return self._chain
@@ -91,12 +97,15 @@ class Adagrad(_Named):
                  weight_decay: float = 0, initial_accumulator_value: float = 0,
                  eps: float = 1e-10, foreach: bool | None = None, *, maximize: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
-                 nonfinite: str = "raise") -> None:
+                 nonfinite: str = "raise", master_weights: bool = False,
+                 stochastic_rounding: bool = False) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize),
                          foreach=foreach, fused=fused, capturable=False,
-                         differentiable=differentiable, nonfinite=nonfinite)
+                         differentiable=differentiable, nonfinite=nonfinite,
+                         master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding)
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
         return self._chain
@@ -113,11 +122,14 @@ class RMSprop(_Named):
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
                  centered: bool = False, capturable: bool = False, foreach: bool | None = None,
                  maximize: bool = False, differentiable: bool = False, *,
-                 fused: bool | None = None, nonfinite: str = "raise") -> None:
+                 fused: bool | None = None, nonfinite: str = "raise", master_weights: bool = False,
+                 stochastic_rounding: bool = False) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize),
                          foreach=foreach, fused=fused, capturable=capturable,
-                         differentiable=differentiable, nonfinite=nonfinite)
+                         differentiable=differentiable, nonfinite=nonfinite,
+                         master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding)
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
         return self._chain
@@ -141,12 +153,15 @@ class Adam(_Named):
                  weight_decay: float = 0, amsgrad: bool = False, *,
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
-                 decoupled_weight_decay: bool = False, nonfinite: str = "raise") -> None:
+                 decoupled_weight_decay: bool = False, nonfinite: str = "raise",
+                 master_weights: bool = False, stochastic_rounding: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
                          foreach=foreach, fused=fused, capturable=capturable,
-                         differentiable=differentiable, nonfinite=nonfinite)
+                         differentiable=differentiable, nonfinite=nonfinite,
+                         master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding)
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
         return self._chains[bool(group.get("decoupled_weight_decay", False))]
@@ -160,10 +175,12 @@ class AdamW(Adam):
                  weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
-                 nonfinite: str = "raise") -> None:
+                 nonfinite: str = "raise", master_weights: bool = False,
+                 stochastic_rounding: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
-                         fused=fused, decoupled_weight_decay=True, nonfinite=nonfinite)
+                         fused=fused, decoupled_weight_decay=True, nonfinite=nonfinite,
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding)
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
         return self._chains[True]
@@ -180,12 +197,15 @@ class NAdam(_Named):
                  decoupled_weight_decay: bool = False, *, foreach: bool | None = None,
                  maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
-                 nonfinite: str = "raise") -> None:
+                 nonfinite: str = "raise", master_weights: bool = False,
+                 stochastic_rounding: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       momentum_decay=momentum_decay, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
                          foreach=foreach, fused=fused, capturable=capturable,
-                         differentiable=differentiable, nonfinite=nonfinite)
+                         differentiable=differentiable, nonfinite=nonfinite,
+                         master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding)
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
         return self._chains[bool(group.get("decoupled_weight_decay", False))]
@@ -201,12 +221,15 @@ class RAdam(_Named):
                  weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
-                 nonfinite: str = "raise") -> None:
+                 nonfinite: str = "raise", master_weights: bool = False,
+                 stochastic_rounding: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
                          foreach=foreach, fused=fused, capturable=capturable,
-                         differentiable=differentiable, nonfinite=nonfinite)
+                         differentiable=differentiable, nonfinite=nonfinite,
+                         master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding)
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
         return self._chains[bool(group.get("decoupled_weight_decay", False))]
@@ -220,11 +243,14 @@ class Adadelta(_Named):
     def __init__(self, params: Params, lr: float | Tensor = 1.0, rho: float = 0.9,
                  eps: float = 1e-6, weight_decay: float = 0, foreach: bool | None = None, *,
                  capturable: bool = False, maximize: bool = False, differentiable: bool = False,
-                 fused: bool | None = None, nonfinite: str = "raise") -> None:
+                 fused: bool | None = None, nonfinite: str = "raise", master_weights: bool = False,
+                 stochastic_rounding: bool = False) -> None:
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize),
                          foreach=foreach, fused=fused, capturable=capturable,
-                         differentiable=differentiable, nonfinite=nonfinite)
+                         differentiable=differentiable, nonfinite=nonfinite,
+                         master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding)
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
         return self._chain
@@ -239,11 +265,14 @@ class Adamax(_Named):
                  betas: tuple[float, float] = _BETAS, eps: float = 1e-8,
                  weight_decay: float = 0, foreach: bool | None = None, *,
                  maximize: bool = False, differentiable: bool = False, capturable: bool = False,
-                 fused: bool | None = None, nonfinite: str = "raise") -> None:
+                 fused: bool | None = None, nonfinite: str = "raise", master_weights: bool = False,
+                 stochastic_rounding: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize),
                          foreach=foreach, fused=fused, capturable=capturable,
-                         differentiable=differentiable, nonfinite=nonfinite)
+                         differentiable=differentiable, nonfinite=nonfinite,
+                         master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding)
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
         return self._chain
