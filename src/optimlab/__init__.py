@@ -11,13 +11,14 @@ Quick start::
                    lr=1e-3)
 """
 
-from . import averaging, lookahead, precision, telemetry, transforms
+from . import averaging, lookahead, precision, schedules, telemetry, transforms
 from .accumulation import GradientAccumulator
 from .averaging import EMA, SWA, SWALR, WeightAverage, update_bn
 from .chain import NONFINITE_POLICIES, ChainOptimizer, NonFiniteGradientError, chain
 from .lookahead import Lookahead
 from .optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
 from .precision import stochastic_round, stochastic_round_
+from .schedules import ReduceOnPlateau, ScheduledHyperparameter, ScheduledLR
 from .telemetry import Telemetry, vanishing_exploding
 
 __version__ = "0.1.0"
@@ -54,12 +55,16 @@ __all__ = [
     "NonFiniteGradientError",
     "RAdam",
     "RMSprop",
+    "ReduceOnPlateau",
+    "ScheduledHyperparameter",
+    "ScheduledLR",
     "Telemetry",
     "WeightAverage",
     "averaging",
     "chain",
     "lookahead",
     "precision",
+    "schedules",
     "stochastic_round",
     "stochastic_round_",
     "telemetry",
