@@ -10,7 +10,7 @@ None of them writes update math: the rules live in :mod:`optimlab.transforms`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -40,6 +40,13 @@ _BETAS = (0.9, 0.999)
 
 class _Named(ChainOptimizer):
     """Shared constructor: torch.optim's flags, and the per-group choice of rules."""
+
+    #: The rules of every group (optimizers whose rules depend on a group flag override
+    #: :meth:`transforms_for`).
+    _chain: ClassVar[tuple[Transform, ...]] = ()
+
+    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        return self._chain
 
     def __init__(self, params: Params, defaults: dict[str, Any], *, foreach: bool | None,
                  fused: bool | None, capturable: bool, differentiable: bool,
@@ -83,9 +90,6 @@ class SGD(_Named):
                          master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding)
 
-    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
-        return self._chain
-
 
 class Adagrad(_Named):
     """AdaGrad. Rules: ``add_l2 -> scale_by_adagrad -> scale_by_inverse_time_decay -> lr``."""
@@ -106,9 +110,6 @@ class Adagrad(_Named):
                          differentiable=differentiable, nonfinite=nonfinite,
                          master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding)
-
-    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
-        return self._chain
 
 
 class RMSprop(_Named):
@@ -131,16 +132,22 @@ class RMSprop(_Named):
                          master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding)
 
-    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
-        return self._chain
-
 
 def _decay_placement(rule: Transform) -> dict[bool, tuple[Transform, ...]]:
     """Coupled L2 goes before the adaptive rule, decoupled weight decay after it."""
     return {False: (_WD, rule, _LR), True: (rule, _WD, _LR)}
 
 
-class Adam(_Named):
+class _DecayChoice(_Named):
+    """Optimizers whose groups choose coupled or decoupled weight decay."""
+
+    _chains: ClassVar[dict[bool, tuple[Transform, ...]]] = {}
+
+    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        return self._chains[bool(group.get("decoupled_weight_decay", False))]
+
+
+class Adam(_DecayChoice):
     """Adam (and AMSGrad). ``decoupled_weight_decay=True`` makes it AdamW.
 
     Rules: ``add_l2 -> scale_by_adam -> lr``, or ``scale_by_adam -> add_decayed_weights -> lr``.
@@ -163,9 +170,6 @@ class Adam(_Named):
                          master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding)
 
-    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
-        return self._chains[bool(group.get("decoupled_weight_decay", False))]
-
 
 class AdamW(Adam):
     """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay (default 1e-2)."""
@@ -186,7 +190,7 @@ class AdamW(Adam):
         return self._chains[True]
 
 
-class NAdam(_Named):
+class NAdam(_DecayChoice):
     """NAdam (Dozat, 2016), with torch.optim's momentum decay and optional decoupled decay."""
 
     _chains = _decay_placement(ScaleByNAdam(betas=_BETAS, eps=1e-8, momentum_decay=4e-3))
@@ -207,11 +211,8 @@ class NAdam(_Named):
                          master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding)
 
-    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
-        return self._chains[bool(group.get("decoupled_weight_decay", False))]
 
-
-class RAdam(_Named):
+class RAdam(_DecayChoice):
     """RAdam (Liu et al., 2020), with optional decoupled weight decay."""
 
     _chains = _decay_placement(ScaleByRAdam(betas=_BETAS, eps=1e-8))
@@ -231,9 +232,6 @@ class RAdam(_Named):
                          master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding)
 
-    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
-        return self._chains[bool(group.get("decoupled_weight_decay", False))]
-
 
 class Adadelta(_Named):
     """Adadelta (Zeiler, 2012). Rules: ``add_l2 -> scale_by_adadelta -> lr`` (lr=1.0)."""
@@ -251,9 +249,6 @@ class Adadelta(_Named):
                          differentiable=differentiable, nonfinite=nonfinite,
                          master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding)
-
-    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
-        return self._chain
 
 
 class Adamax(_Named):
@@ -273,6 +268,3 @@ class Adamax(_Named):
                          differentiable=differentiable, nonfinite=nonfinite,
                          master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding)
-
-    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
-        return self._chain
