@@ -612,11 +612,13 @@ class ScheduledLR(LRScheduler):
     _get_closed_form_lr = get_lr  # schedules are closed forms: step(epoch) is exact too
 
     def state_dict(self) -> dict[str, Any]:
+        """The scheduler's progress as plain numbers (schedules are not saved: pass them again)."""
         state = super().state_dict()
         state.pop("schedules", None)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore progress saved by :meth:`state_dict`."""
         state = {k: v for k, v in state_dict.items() if k != "schedules"}
         super().load_state_dict(state)
 
@@ -718,10 +720,12 @@ class ScheduledHyperparameter:
         return list(self._last_values)
 
     def state_dict(self) -> dict[str, Any]:
+        """The scheduler's progress as plain numbers (schedules are not saved: pass them again)."""
         return {"key": self.key, "index": self.index, "last_epoch": self.last_epoch,
                 "_step_count": self._step_count, "_last_values": list(self._last_values)}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore progress saved by :meth:`state_dict`."""
         if state_dict.get("key", self.key) != self.key or \
                 state_dict.get("index", self.index) != self.index:
             raise ValueError(f"state_dict is for key={state_dict.get('key')!r}, index="
@@ -816,7 +820,9 @@ class ReduceOnPlateau:
         return list(self._last_values)
 
     def state_dict(self) -> dict[str, Any]:
+        """The scheduler's progress as plain numbers (schedules are not saved: pass them again)."""
         return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore progress saved by :meth:`state_dict`."""
         self.__dict__.update({k: v for k, v in state_dict.items() if k != "optimizer"})

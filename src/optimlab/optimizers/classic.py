@@ -46,6 +46,7 @@ class _Named(ChainOptimizer):
     _chain: ClassVar[tuple[Transform, ...]] = ()
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        """The rules applied to ``group``."""
         return self._chain
 
     def __init__(self, params: Params, defaults: dict[str, Any], *, foreach: bool | None,
@@ -144,6 +145,7 @@ class _DecayChoice(_Named):
     _chains: ClassVar[dict[bool, tuple[Transform, ...]]] = {}
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        """Coupled or decoupled weight decay, by the group's ``decoupled_weight_decay``."""
         return self._chains[bool(group.get("decoupled_weight_decay", False))]
 
 
@@ -187,6 +189,7 @@ class AdamW(Adam):
                          master_weights=master_weights, stochastic_rounding=stochastic_rounding)
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
+        """Always the decoupled rules (AdamW's groups keep torch's key but cannot couple)."""
         return self._chains[True]
 
 
