@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from . import OPTIMIZERS, __version__, transforms
+from .lab.tasks import TASKS
 
 
 def _first_line(obj: object) -> str:
@@ -29,6 +30,12 @@ def _list() -> str:
         obj = getattr(transforms, name)
         if callable(obj) and name[0].islower() and name != "check_range":
             lines.append(f"  {name:<28} {_first_line(obj)}")
+    if TASKS:
+        lines.append("")
+        lines.append("Tasks (the lab; user tasks as 'package.module:factory'):")
+        for name, factory in sorted(TASKS.items()):
+            info = factory().info
+            lines.append(f"  {name:<28} [{info.kind}] {info.description}")
     return "\n".join(lines)
 
 

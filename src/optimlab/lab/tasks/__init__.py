@@ -1,0 +1,11 @@
+"""Built-in tasks and the task registry. See :class:`Task` for the protocol.
+
+Built-in task modules register themselves when imported here.
+"""
+
+from . import functions2d
+from .base import Batch, Task, TaskInfo
+from .registry import TASKS, UnknownTaskError, make_task, register
+
+__all__ = ["TASKS", "Batch", "Task", "TaskInfo", "UnknownTaskError", "functions2d", "make_task",
+           "register"]
