@@ -29,3 +29,10 @@ def test_step_time_benchmark_smoke(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     text = json.dumps(data)
     assert "adamw" in text and "sgd" in text
+
+
+def test_user_task_example_loads_by_import_path_and_reaches_its_target() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "user_task.py")],
+                       capture_output=True, text=True, check=True, timeout=300)
+    loss = float(r.stdout.split("->")[1].split()[0])
+    assert loss < 0.02, r.stdout
