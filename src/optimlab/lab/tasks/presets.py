@@ -1,0 +1,642 @@
+"""GPU-sized lab presets on real data from local files (nothing is ever downloaded).
+
+===================  =========================================  ===============================
+``resnet18-cifar10``  CIFAR-10 in the python-pickle format,       ResNet-18 for CIFAR,
+                      from a local folder (option ``root``)       cross-entropy
+``gpt-textfile``      any local file, read as bytes               GPT-style byte-level decoder,
+                      (option ``path``)                           next-byte cross-entropy
+===================  =========================================  ===============================
+
+Both tasks build model and data deterministically from ``setup(seed, device)``: the model is
+initialised on the CPU under ``torch.manual_seed(seed)`` (inside ``torch.random.fork_rng``, so
+the global RNG is untouched) and then moved to ``device``; the data tensors live on
+``device``; every random draw of :meth:`batches` comes from the caller's (CPU)
+``torch.Generator``, so a batch stream is reproducible for a generator seed.
+
+``resnet18-cifar10``
+--------------------
+* **Data** (:func:`load_cifar10`): ``root`` must hold ``data_batch_1`` ... ``data_batch_5``,
+  ``test_batch`` and ``batches.meta``, each a pickle (protocol of the original dataset, read
+  with ``encoding="bytes"``) of a dict with ``b"data"`` (``(N, 3072)`` uint8, rows = 1024 red,
+  1024 green, 1024 blue values of a 32x32 image in row-major order) and ``b"labels"`` (N ints
+  in 0..9). A missing folder or file raises ``FileNotFoundError``; a malformed pickle raises
+  ``ValueError``; both name the path and the expected files. Pickles can execute code when
+  loaded: point ``root`` only at files you trust.
+* **Split**: a ``numpy.random.RandomState(seed)`` permutation of the training batches; the
+  first ``val_size`` images (default 5000; 0 allowed: no validation metrics) are the
+  validation split, the rest the training split. ``test_batch`` is the test split.
+* **Normalization**: per-channel mean and std of the *training split* (``channel_mean``,
+  ``channel_std``), applied to every split.
+* **Augmentation** (``augment=True``, default): the standard random crop with 4-pixel padding
+  (padding with black, i.e. the normalized value of a 0 pixel) and a horizontal flip with
+  probability 1/2, drawn from the generator per image. Only :meth:`batches` with a
+  ``batch_size`` augments; evaluation and the full batch never do.
+* **Model**: ResNet-18 for CIFAR (He et al. 2016): 3x3 stem convolution with BatchNorm and
+  ReLU, no max-pool, BasicBlocks ``[2, 2, 2, 2]`` with widths ``64, 128, 256, 512`` times the
+  option ``width`` (default 1.0; e.g. 0.125 for tests), strides ``1, 2, 2, 2``, 1x1
+  projection shortcuts, global average pooling, a linear classifier. PyTorch's default
+  initialisation. ``loss`` runs the model in train mode (BatchNorm batch statistics).
+* **Batches**: ``(x, y)`` tuples; each epoch a fresh permutation of the training split from
+  the generator (the last batch of an epoch may be smaller). ``batch_size=None`` yields the
+  *objective batch*: the first ``full_batch_size`` (default 1024) training images, fixed and
+  un-augmented (a full batch of 45000 images does not fit a differentiable forward pass);
+  ``full_loss`` is the loss of that batch (BatchNorm in train mode, so it updates running
+  statistics like any training forward pass).
+* **evaluate()** (eval mode, no gradients, chunks of ``eval_batch_size``; the model's mode is
+  restored afterwards): ``train_loss``/``train_accuracy`` on the first ``eval_size`` training
+  images (un-augmented), ``val_loss``/``val_accuracy`` on the first ``eval_size`` validation
+  images, ``test_loss``/``test_accuracy`` on the first ``eval_size`` test images
+  (``eval_size`` default 10000; ``None`` = whole splits), and ``generalization_gap`` =
+  ``val_loss - train_loss`` (``test_loss - train_loss`` when ``val_size=0``).
+
+``gpt-textfile``
+----------------
+* **Data**: the file's bytes are the tokens (vocabulary 256). Split by position: the first
+  ``1 - val_fraction - test_fraction`` of the bytes train, the next ``val_fraction`` validate,
+  the last ``test_fraction`` test (defaults 0.05 each). Every split needs at least
+  ``context + 1`` bytes; a missing file raises ``FileNotFoundError``, an empty or too short
+  one ``ValueError``, naming the path.
+* **Model**: GPT-style decoder: token and learned position embeddings, ``layers`` pre-LayerNorm
+  blocks (causal multi-head self-attention with ``heads`` heads, then a 4x GELU MLP, each
+  with a residual connection), a final LayerNorm and an output head tied to the token
+  embedding. Weights ``N(0, 0.02)``, residual projections ``N(0, 0.02 / sqrt(2 * layers))``
+  (GPT-2), biases zero. No dropout.
+* **Batches**: ``(x, y)`` tuples of ``(B, context)`` int64 windows at uniformly random start
+  positions of the training split (drawn from the generator), ``y`` = ``x`` shifted by one.
+  ``batch_size=None`` yields the *objective batch*: the first ``eval_windows`` (default 64)
+  non-overlapping windows of the training split; ``full_loss`` is its loss.
+* **evaluate()**: ``train_loss``, ``val_loss``, ``test_loss`` (mean next-byte cross-entropy in
+  nats on the first ``eval_windows`` non-overlapping windows of each split) and
+  ``val_bits_per_byte`` = ``val_loss / ln 2``.
+
+Bad option values raise ``ValueError`` naming the option.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Batch, Task, TaskInfo
+from .registry import register
+
+__all__ = [
+    "CIFAR10_FILES",
+    "GPT",
+    "CifarResNetTask",
+    "GPTTextFileTask",
+    "ResNet18",
+    "augment_batch",
+    "gpt_textfile",
+    "load_cifar10",
+    "resnet18_cifar10",
+]
+
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_FILES = (*CIFAR10_TRAIN_FILES, "test_batch", "batches.meta")
+CIFAR10_CLASSES = 10
+CROP_PADDING = 4
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_int(name: str, value: Any, *, minimum: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"option {name!r} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"option {name!r} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_float(name: str, value: Any, *, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"option {name!r} must be a real number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and low <= value < high):
+        raise ValueError(f"option {name!r} must be in [{low}, {high}), got {value}")
+    return value
+
+
+def _check_path(name: str, value: Any) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ValueError(f"option {name!r} must be a local path (str or os.PathLike), "
+                         f"got {value!r}")
+    return Path(value).expanduser()
+
+
+def _batch_size(batch_size: Any) -> int | None:
+    if batch_size is not None and (isinstance(batch_size, bool)
+                                   or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    return None if batch_size is None else int(batch_size)
+
+
+# ----------------------------------------------------------------------------- CIFAR-10 data
+
+
+def _cifar_expected() -> str:
+    return ", ".join(CIFAR10_FILES)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    where = f"CIFAR-10 batch {str(path)!r}"
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            ImportError, IndexError) as e:
+        raise ValueError(f"{where} is not a readable pickle ({type(e).__name__}: {e}); "
+                         "expected the CIFAR-10 python format") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} holds a {type(d).__name__}, expected a dict with "
+                         "b'data' and b'labels'")
+    for key in (b"data", b"labels"):
+        if key not in d:
+            raise ValueError(f"{where} has no key {key!r} (keys: {sorted(map(repr, d))}); "
+                             "expected a dict with b'data' (N, 3072) uint8 and b'labels'")
+    data = np.asarray(d[b"data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{where}: b'data' must be a (N, 3072) uint8 array, got "
+                         f"{data.dtype} {data.shape}")
+    try:
+        labels = np.asarray(d[b"labels"], dtype=np.int64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: b'labels' must be a list of integers") from None
+    if labels.shape != (data.shape[0],):
+        raise ValueError(f"{where}: b'labels' must hold {data.shape[0]} labels, got shape "
+                         f"{labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= CIFAR10_CLASSES):
+        raise ValueError(f"{where}: labels must be in 0..9, got {labels.min()}..{labels.max()}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _check_cifar_folder(root: Path) -> None:
+    if not root.is_dir():
+        raise FileNotFoundError(f"CIFAR-10 folder {str(root)!r} does not exist or is not a "
+                                f"folder; expected a folder with {_cifar_expected()} "
+                                "(the python-pickle version of CIFAR-10)")
+    missing = [name for name in CIFAR10_FILES if not (root / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"CIFAR-10 folder {str(root)!r} lacks {', '.join(missing)}; "
+                                f"expected {_cifar_expected()}")
+
+
+def load_cifar10(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read CIFAR-10 (python-pickle format) from the local folder ``root``.
+
+    Returns a dict with ``x_train`` ``(N, 3, 32, 32)`` uint8 (the five training batches in
+    order), ``y_train`` int64, ``x_test``, ``y_test`` and ``label_names`` (a list of str;
+    generic names if ``batches.meta`` has none). Errors name the offending path.
+    """
+    root = Path(root).expanduser()
+    _check_cifar_folder(root)
+    parts = [_read_cifar_batch(root / name) for name in CIFAR10_TRAIN_FILES]
+    x_test, y_test = _read_cifar_batch(root / "test_batch")
+    meta_path = root / "batches.meta"
+    try:
+        with open(meta_path, "rb") as f:
+            meta = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            ImportError, IndexError) as e:
+        raise ValueError(f"CIFAR-10 meta file {str(meta_path)!r} is not a readable pickle "
+                         f"({type(e).__name__}: {e})") from None
+    names = meta.get(b"label_names") if isinstance(meta, dict) else None
+    if names is None:
+        label_names = [f"class_{i}" for i in range(CIFAR10_CLASSES)]
+    else:
+        label_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    return {
+        "x_train": np.concatenate([p[0] for p in parts]),
+        "y_train": np.concatenate([p[1] for p in parts]),
+        "x_test": x_test,
+        "y_test": y_test,
+        "label_names": label_names,
+    }
+
+
+def augment_batch(x: Tensor, offsets: Tensor, flips: Tensor, fill: Tensor,
+                  padding: int = CROP_PADDING) -> Tensor:
+    """Random-crop-with-padding and horizontal flip of a batch ``x`` ``(B, C, H, W)``.
+
+    ``offsets`` ``(B, 2)`` holds the (row, column) corner of each crop in the padded image
+    (``0..2 * padding``; ``(padding, padding)`` = no shift), ``flips`` ``(B,)`` bools, and
+    ``fill`` ``(C,)`` the per-channel padding value.
+    """
+    b, c, h, w = x.shape
+    padded = fill.view(1, c, 1, 1).expand(b, c, h + 2 * padding, w + 2 * padding).clone()
+    padded[:, :, padding:padding + h, padding:padding + w] = x
+    offsets = offsets.to(x.device)
+    flips = flips.to(x.device)
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = offsets[:, 0:1] + ar_h  # (B, H)
+    cols = offsets[:, 1:2] + torch.where(flips[:, None], w - 1 - ar_w, ar_w)  # (B, W)
+    bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    ci = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+# ----------------------------------------------------------------------------- ResNet-18
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm, ReLU and a (projection) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 32x32 inputs: 3x3 stem, no max-pool, BasicBlocks [2, 2, 2, 2]."""
+
+    def __init__(self, num_classes: int = CIFAR10_CLASSES, width: float = 1.0) -> None:
+        super().__init__()
+        widths = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
+        self.widths = widths
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU())
+        layers: list[nn.Module] = []
+        c_in = widths[0]
+        for i, c in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layers += [BasicBlock(c_in, c, stride), BasicBlock(c, c, 1)]
+            c_in = c
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layers(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _build_on_cpu(seed: int, build: Any) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+# ----------------------------------------------------------------------------- CIFAR task
+
+
+class CifarResNetTask(Task):
+    """ResNet-18 on CIFAR-10 from a local folder (see the module docstring).
+
+    Attributes (after :meth:`setup`): ``x_train``, ``y_train``, ``x_val``, ``y_val``,
+    ``x_test``, ``y_test`` (normalized float32 images and int64 labels on the device),
+    ``channel_mean``, ``channel_std`` (float64 numpy, in [0, 1] pixel units),
+    ``label_names``.
+    """
+
+    def __init__(self, *, root: Any, augment: bool = True, val_size: int = 5000,
+                 width: float = 1.0, full_batch_size: int = 1024,
+                 eval_size: int | None = 10000, eval_batch_size: int = 500,
+                 steps: int = 20000) -> None:
+        self.root = _check_path("root", root)
+        if not isinstance(augment, bool):
+            raise ValueError(f"option 'augment' must be True or False, got {augment!r}")
+        self.augment = augment
+        self.val_size = _check_int("val_size", val_size, minimum=0)
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or not (
+                math.isfinite(width) and width > 0):
+            raise ValueError(f"option 'width' must be a positive number, got {width!r}")
+        self.width = float(width)
+        self.full_batch_size = _check_int("full_batch_size", full_batch_size, minimum=1)
+        self.eval_size = _check_int("eval_size", eval_size, minimum=1, allow_none=True)
+        self.eval_batch_size = _check_int("eval_batch_size", eval_batch_size, minimum=1)
+        steps = _check_int("steps", steps, minimum=1)
+        _check_cifar_folder(self.root)  # fail early; the files are parsed in setup()
+        self.info = TaskInfo(
+            name="resnet18-cifar10",
+            description=f"ResNet-18 (width x{self.width:g}) on CIFAR-10 from {self.root}",
+            kind="neural", steps=steps, target=0.05, target_metric="train_loss",
+            options={"root": str(self.root), "augment": augment, "val_size": self.val_size,
+                     "width": self.width, "full_batch_size": self.full_batch_size,
+                     "eval_size": self.eval_size, "eval_batch_size": self.eval_batch_size,
+                     "steps": steps},
+        )
+
+    def setup(self, seed: int = 0, device: torch.device | str = "cpu") -> None:
+        seed = int(seed)
+        device = torch.device(device)
+        data = load_cifar10(self.root)
+        x_all, y_all = data["x_train"], data["y_train"]
+        if self.val_size >= len(x_all):
+            raise ValueError(f"option 'val_size' ({self.val_size}) must be smaller than the "
+                             f"{len(x_all)} training images in {str(self.root)!r}")
+        perm = np.random.RandomState(seed).permutation(len(x_all))
+        i_val, i_train = perm[:self.val_size], perm[self.val_size:]
+        x_train = x_all[i_train].astype(np.float32) / 255.0
+        self.channel_mean = x_train.mean(axis=(0, 2, 3), dtype=np.float64)
+        self.channel_std = x_train.std(axis=(0, 2, 3), dtype=np.float64)
+        self.channel_std = np.where(self.channel_std > 0, self.channel_std, 1.0)
+        mean = torch.tensor(self.channel_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.channel_std, dtype=torch.float32).view(1, 3, 1, 1)
+
+        def norm(x: np.ndarray) -> Tensor:
+            t = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32) / 255.0
+            return ((t - mean) / std).to(device)
+
+        self.x_train, self.y_train = norm(x_all[i_train]), torch.from_numpy(
+            y_all[i_train]).to(device)
+        self.x_val, self.y_val = norm(x_all[i_val]), torch.from_numpy(y_all[i_val]).to(device)
+        self.x_test = norm(data["x_test"])
+        self.y_test = torch.from_numpy(data["y_test"]).to(device)
+        self.label_names = data["label_names"]
+        self._fill = (-mean / std).view(3).to(device)  # a black pixel, normalized
+        self.n_train = len(self.x_train)
+        self.model = _build_on_cpu(seed, lambda: ResNet18(CIFAR10_CLASSES, self.width)).to(
+            device)
+        self.model.train()
+
+    def batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
+        return self._batches(_batch_size(batch_size), generator)
+
+    def _batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
+        if batch_size is None:
+            k = min(self.full_batch_size, self.n_train)
+            while True:
+                yield self.x_train[:k], self.y_train[:k]
+        device = self.x_train.device
+        n = self.n_train
+        while True:
+            perm = torch.randperm(n, generator=generator)
+            for start in range(0, n, batch_size):
+                idx = perm[start:start + batch_size]
+                x = self.x_train[idx.to(device)]
+                if self.augment:
+                    offsets = torch.randint(0, 2 * CROP_PADDING + 1, (len(idx), 2),
+                                            generator=generator)
+                    flips = torch.rand(len(idx), generator=generator) < 0.5
+                    x = augment_batch(x, offsets, flips, self._fill)
+                yield x, self.y_train[idx.to(device)]
+
+    def loss(self, batch: Batch) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    def full_loss(self) -> Tensor:
+        k = min(self.full_batch_size, self.n_train)
+        return self.loss((self.x_train[:k], self.y_train[:k]))
+
+    @torch.no_grad()
+    def _metrics(self, x: Tensor, y: Tensor) -> tuple[float, float]:
+        if self.eval_size is not None:
+            x, y = x[:self.eval_size], y[:self.eval_size]
+        total, correct = 0.0, 0
+        for s in range(0, len(x), self.eval_batch_size):
+            logits = self.model(x[s:s + self.eval_batch_size]).float()
+            yb = y[s:s + self.eval_batch_size]
+            total += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
+        return total / len(x), correct / len(x)
+
+    def evaluate(self) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            metrics: dict[str, float] = {}
+            splits = [("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)]
+            if len(self.x_val):
+                splits.insert(1, ("val", self.x_val, self.y_val))
+            for name, x, y in splits:
+                metrics[f"{name}_loss"], metrics[f"{name}_accuracy"] = self._metrics(x, y)
+        finally:
+            self.model.train(was_training)
+        ref = metrics.get("val_loss", metrics["test_loss"])
+        metrics["generalization_gap"] = ref - metrics["train_loss"]
+        return metrics
+
+
+# ----------------------------------------------------------------------------- GPT
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, d_model: int, heads: int) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = CausalSelfAttention(d_model, heads)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.fc = nn.Linear(d_model, 4 * d_model)
+        self.proj = nn.Linear(4 * d_model, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.proj(F.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    """Byte-level GPT-style decoder (pre-LayerNorm, learned positions, tied output head)."""
+
+    def __init__(self, vocab: int = 256, context: int = 128, layers: int = 4,
+                 d_model: int = 256, heads: int = 4) -> None:
+        super().__init__()
+        self.context = context
+        self.tok = nn.Embedding(vocab, d_model)
+        self.pos = nn.Embedding(context, d_model)
+        self.blocks = nn.ModuleList(GPTBlock(d_model, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab, bias=False)
+        self.head.weight = self.tok.weight  # weight tying
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * layers) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        t = idx.shape[1]
+        if t > self.context:
+            raise ValueError(f"sequence of {t} tokens exceeds the context of {self.context}")
+        x = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+class GPTTextFileTask(Task):
+    """A byte-level GPT on a local text file (see the module docstring).
+
+    Attributes (after :meth:`setup`): ``train_data``, ``val_data``, ``test_data`` (uint8 ->
+    int64 token tensors on the device).
+    """
+
+    def __init__(self, *, path: Any, context: int = 128, layers: int = 4, d_model: int = 256,
+                 heads: int = 4, val_fraction: float = 0.05, test_fraction: float = 0.05,
+                 eval_windows: int = 64, steps: int = 5000) -> None:
+        self.path = _check_path("path", path)
+        self.context = _check_int("context", context, minimum=1)
+        self.layers = _check_int("layers", layers, minimum=1)
+        self.d_model = _check_int("d_model", d_model, minimum=1)
+        self.heads = _check_int("heads", heads, minimum=1)
+        if self.d_model % self.heads:
+            raise ValueError(f"option 'd_model' ({self.d_model}) must be divisible by option "
+                             f"'heads' ({self.heads})")
+        self.val_fraction = _check_float("val_fraction", val_fraction, low=0.0, high=1.0)
+        self.test_fraction = _check_float("test_fraction", test_fraction, low=0.0, high=1.0)
+        if not (self.val_fraction > 0 and self.test_fraction > 0
+                and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("options 'val_fraction' and 'test_fraction' must be > 0 with a sum "
+                             f"< 1, got {self.val_fraction} and {self.test_fraction}")
+        self.eval_windows = _check_int("eval_windows", eval_windows, minimum=1)
+        steps = _check_int("steps", steps, minimum=1)
+        self._check_file()
+        self.info = TaskInfo(
+            name="gpt-textfile",
+            description=(f"Byte-level GPT ({self.layers}x{self.d_model}, {self.heads} heads, "
+                         f"context {self.context}) on {self.path}"),
+            kind="neural", steps=steps, target=1.5, target_metric="train_loss",
+            options={"path": str(self.path), "context": self.context, "layers": self.layers,
+                     "d_model": self.d_model, "heads": self.heads,
+                     "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+                     "eval_windows": self.eval_windows, "steps": steps},
+        )
+
+    def _check_file(self) -> None:
+        if not self.path.is_file():
+            raise FileNotFoundError(f"text file {str(self.path)!r} does not exist or is not a "
+                                    "file (option 'path': any local file, read as bytes)")
+
+    def _split_sizes(self, n: int) -> tuple[int, int, int]:
+        n_val = int(n * self.val_fraction)
+        n_test = int(n * self.test_fraction)
+        return n - n_val - n_test, n_val, n_test
+
+    def setup(self, seed: int = 0, device: torch.device | str = "cpu") -> None:
+        seed = int(seed)
+        device = torch.device(device)
+        self._check_file()
+        raw = self.path.read_bytes()
+        if not raw:
+            raise ValueError(f"text file {str(self.path)!r} is empty")
+        sizes = self._split_sizes(len(raw))
+        need = self.context + 1
+        if min(sizes) < need:
+            least = math.ceil(need / min(self.val_fraction, self.test_fraction)) + 1
+            raise ValueError(
+                f"text file {str(self.path)!r} is too short: {len(raw)} bytes split into "
+                f"train/val/test of {sizes[0]}/{sizes[1]}/{sizes[2]} bytes, but each split needs "
+                f"at least context + 1 = {need} bytes (about {least} bytes in all, or a smaller "
+                "option 'context')")
+        tokens = torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(torch.int64)
+        a, b = sizes[0], sizes[0] + sizes[1]
+        self.train_data = tokens[:a].to(device)
+        self.val_data = tokens[a:b].to(device)
+        self.test_data = tokens[b:].to(device)
+        self.n_train = len(self.train_data) - self.context
+        self._offsets = torch.arange(self.context + 1, device=device)
+        self._fixed = {name: self._fixed_windows(data) for name, data in (
+            ("train", self.train_data), ("val", self.val_data), ("test", self.test_data))}
+        self.model = _build_on_cpu(seed, lambda: GPT(256, self.context, self.layers,
+                                                     self.d_model, self.heads)).to(device)
+
+    def _windows(self, data: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
+        w = data[starts.to(data.device)[:, None] + self._offsets]
+        return w[:, :-1], w[:, 1:]
+
+    def _fixed_windows(self, data: Tensor) -> tuple[Tensor, Tensor]:
+        n = min(self.eval_windows, (len(data) - 1) // self.context)
+        starts = torch.arange(n) * self.context
+        return self._windows(data, starts)
+
+    def batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
+        return self._batches(_batch_size(batch_size), generator)
+
+    def _batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
+        if batch_size is None:
+            while True:
+                yield self._fixed["train"]
+        high = len(self.train_data) - self.context  # starts in [0, high)
+        while True:
+            starts = torch.randint(0, high, (batch_size,), generator=generator)
+            yield self._windows(self.train_data, starts)
+
+    def loss(self, batch: Batch) -> Tensor:
+        x, y = batch
+        logits = self.model(x)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+
+    def full_loss(self) -> Tensor:
+        return self.loss(self._fixed["train"])
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            metrics = {f"{name}_loss": float(self.loss(self._fixed[name]))
+                       for name in ("train", "val", "test")}
+        finally:
+            self.model.train(was_training)
+        metrics["val_bits_per_byte"] = metrics["val_loss"] / math.log(2)
+        return metrics
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@register("resnet18-cifar10")
+def resnet18_cifar10(*, root: Any = None, augment: bool = True, val_size: int = 5000,
+                     width: float = 1.0, full_batch_size: int = 1024,
+                     eval_size: int | None = 10000, eval_batch_size: int = 500,
+                     steps: int = 20000) -> CifarResNetTask:
+    """ResNet-18 on CIFAR-10 from the local folder ``root``; default 20000 steps."""
+    if root is None:
+        raise ValueError("option 'root' is required: a local folder with the python-pickle "
+                         f"CIFAR-10 files ({_cifar_expected()})")
+    return CifarResNetTask(root=root, augment=augment, val_size=val_size, width=width,
+                           full_batch_size=full_batch_size, eval_size=eval_size,
+                           eval_batch_size=eval_batch_size, steps=steps)
+
+
+@register("gpt-textfile")
+def gpt_textfile(*, path: Any = None, context: int = 128, layers: int = 4, d_model: int = 256,
+                 heads: int = 4, val_fraction: float = 0.05, test_fraction: float = 0.05,
+                 eval_windows: int = 64, steps: int = 5000) -> GPTTextFileTask:
+    """Byte-level GPT on the local file ``path``; default 5000 steps."""
+    if path is None:
+        raise ValueError("option 'path' is required: a local text file (read as bytes)")
+    return GPTTextFileTask(path=path, context=context, layers=layers, d_model=d_model,
+                           heads=heads, val_fraction=val_fraction, test_fraction=test_fraction,
+                           eval_windows=eval_windows, steps=steps)
