@@ -24,10 +24,67 @@ def test_list_names_every_optimizer_and_transform(capsys: pytest.CaptureFixture[
         assert name in out
 
 
-def test_compare_says_plainly_that_the_lab_is_not_there_yet(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compare"]) == 0
-    assert "not part of" in capsys.readouterr().out
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "optimlab.cli", *args], capture_output=True,
+                          text=True, check=False, cwd=cwd)
+
+
+@pytest.mark.parametrize("command", ["list", "run", "compare", "report"])
+def test_every_command_has_help_with_examples(command: str) -> None:
+    r = _cli(command, "--help")
+    assert r.returncode == 0
+    assert "examples:" in r.stdout and f"optimlab {command}" in r.stdout
+
+
+def test_list_shows_tasks_optimizers_and_schedules(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("momentum", "nesterov", "rosenbrock", "logreg-breast-cancer", "warmup-cosine"):
+        assert word in out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "--task", "quadratic", "--optimizer", "adma"], "unknown optimizer 'adma'"),
+    (["run", "--task", "quadx", "--optimizer", "sgd"], "unknown task 'quadx'"),
+    (["run", "--task", "quadratic", "--optimizer", "sgd", "--lr", "-1"], "lr must be"),
+    (["run", "--task", "quadratic", "--optimizer", "sgd", "--hp", "foo=1"],
+     "no hyperparameter 'foo'"),
+    (["run", "--task", "quadratic", "--optimizer", "sgd", "--hp", "momentum"], "KEY=VALUE"),
+    (["run", "--task", "quadratic", "--optimizer", "sgd", "--batch-size", "0"], "batch_size"),
+    (["run", "--task", "quadratic", "--optimizer", "sgd", "--task-option", "bogus=1"],
+     "bogus"),
+    (["compare", "--tasks", "quadratic", "--optimizers", "sgd", "--lr", "x"], "--lr"),
+    (["compare", "--tasks", "quadratic", "--optimizers", "sgd", "--workers", "0"],
+     "--workers"),
+    (["compare", "--study", "missing.toml"], "cannot read study file"),
+    (["report", "--study", "nope"], "no study 'nope'"),
+    (["report", "--store", "postgresql://x/y"], "unsupported results-store URL"),
+])
+def test_bad_input_is_one_clear_error_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    r = _cli(*args, "--store", f"sqlite:///{tmp_path / 'r.db'}", cwd=tmp_path) \
+        if "--store" not in args else _cli(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("optimlab: error:") and needle in lines[0], r.stderr
+    assert len(lines) == 2 and lines[1].strip().startswith("hint:")
+
+
+def test_malformed_study_file_is_one_error_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("tasks = [\n")
+    r = _cli("compare", "--study", str(bad), "--store", f"sqlite:///{tmp_path / 'r.db'}")
+    assert r.returncode == 2 and "malformed TOML" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_then_report(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    r = _cli("run", "--task", "quadratic", "--optimizer", "nesterov", "--lr", "0.01",
+             "--batch-size", "full", "--steps", "300", "--name", "one", "--store", db)
+    assert r.returncode == 0, r.stderr
+    assert "nesterov on quadratic" in r.stdout and "reached suboptimality" in r.stdout
+    listing = _cli("report", "--store", db)
+    assert "one" in listing.stdout and "1/1 runs finished" in listing.stdout
 
 
 def test_unknown_command_is_one_clear_error_line() -> None:

@@ -1,17 +1,59 @@
-"""The ``optimlab`` command line.
+"""The ``optimlab`` command line: ``list``, ``run``, ``compare``, ``report``.
 
-Until the lab lands, ``optimlab`` lists what the toolkit provides; ``optimlab compare`` says
-plainly that the comparison lab is not in this version yet.
+Every command prints one clear error line (plus a hint) and exits with status 2 on bad input;
+no traceback reaches the user for anything they can fix.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-from . import OPTIMIZERS, __version__, transforms
-from .lab.tasks import TASKS
+from . import __version__, transforms
+
+__all__ = ["main"]
+
+EXAMPLES = {
+    "main": """examples:
+  optimlab compare                      # the default comparison (about 2 minutes on 2 cores)
+  optimlab list                         # tasks, optimizers, schedules
+  optimlab run --task rosenbrock --optimizer adam --lr 0.05
+  optimlab compare --tasks mlp-digits --optimizers sgd,adam --batch-size full,1,32
+  optimlab report --study default --out report/""",
+    "run": """examples:
+  optimlab run --task rosenbrock --optimizer adam --lr 0.05
+  optimlab run --task mlp-digits --optimizer sgd --lr 0.1 --hp momentum=0.9 --batch-size 64
+  optimlab run --task mlp-digits --task-option depth=4 --task-option init=he --optimizer adamw
+  optimlab run --task mypkg.tasks:make_task --optimizer adam --steps 200""",
+    "compare": """examples:
+  optimlab compare                                   # 7 classic optimizers x 4 tasks x 3 seeds
+  optimlab compare --tasks mlp-digits --optimizers sgd,adam --batch-size full,1,32
+  optimlab compare --tasks quadratic --optimizers sgd,momentum --lr 1e-3,1e-2,1e-1
+  optimlab compare --study my-study.toml --workers 8
+  optimlab compare --tasks mlp-digits --optimizers adam --store sqlite:///runs/all.db
+
+A study is resumable: run the same command again and finished runs are skipped.""",
+    "report": """examples:
+  optimlab report                          # list the studies in the store
+  optimlab report --study default          # write its report to optimlab-results/default/
+  optimlab report --study default --out report/ --store sqlite:///runs/all.db""",
+    "list": """examples:
+  optimlab list
+  optimlab list tasks""",
+}
+
+
+class CLIError(Exception):
+    """A user error: printed as one line with a hint, exit status 2."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 def _first_line(obj: object) -> str:
@@ -20,47 +62,409 @@ def _first_line(obj: object) -> str:
     return first.split(". ")[0].rstrip(".").replace("``", "")
 
 
-def _list() -> str:
-    lines = ["Optimizers (drop-in torch.optim classes):"]
-    for name, cls in OPTIMIZERS.items():
-        lines.append(f"  {name:<10} optimlab.{cls.__name__:<9} {_first_line(cls)}")
-    lines.append("")
-    lines.append("Transforms (compose with optimlab.chain):")
-    for name in transforms.__all__:
-        obj = getattr(transforms, name)
-        if callable(obj) and name[0].islower() and name != "check_range":
-            lines.append(f"  {name:<28} {_first_line(obj)}")
-    if TASKS:
+# --------------------------------------------------------------------------- list
+
+
+def _list(what: str = "all") -> str:
+    from .lab.optimizers import LAB_OPTIMIZERS
+    from .lab.runs import SCHEDULES
+    from .lab.tasks import TASKS
+
+    lines: list[str] = []
+    if what in ("all", "optimizers"):
+        lines.append("Optimizers (the lab's names; classes are drop-in torch.optim optimizers):")
+        for name, opt in LAB_OPTIMIZERS.items():
+            lines.append(f"  {name:<10} optimlab.{opt.cls.__name__:<9} {opt.description}")
+        lines.append("  (any torch.optim.Optimizer class as 'package.module:Class')")
         lines.append("")
-        lines.append("Tasks (the lab; user tasks as 'package.module:factory'):")
+    if what in ("all", "transforms"):
+        lines.append("Transforms (compose with optimlab.chain):")
+        for name in transforms.__all__:
+            obj = getattr(transforms, name)
+            if callable(obj) and name[0].islower() and name != "check_range":
+                lines.append(f"  {name:<28} {_first_line(obj)}")
+        lines.append("")
+    if what in ("all", "tasks"):
+        lines.append("Tasks (user tasks as 'package.module:factory'):")
         for name, factory in sorted(TASKS.items()):
-            info = factory().info
-            lines.append(f"  {name:<28} [{info.kind}] {info.description}")
-    return "\n".join(lines)
+            try:
+                info = factory().info
+                lines.append(f"  {name:<24} [{info.kind}] {info.description}")
+            except (TypeError, ValueError):  # a preset that needs a data path
+                lines.append(f"  {name:<24} {_first_line(factory)}")
+        lines.append("")
+    if what in ("all", "schedules"):
+        lines.append("Learning-rate schedules (--schedule):")
+        for name, (_, description) in SCHEDULES.items():
+            lines.append(f"  {name:<14} {description}")
+    return "\n".join(lines).rstrip()
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def _value(text: str) -> Any:
+    """A command-line value: JSON/TOML-ish scalars and comma lists (``0.9,0.999``)."""
+    text = text.strip()
+    if "," in text:
+        return [_value(t) for t in text.split(",") if t.strip()]
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"{flag} {item!r}: expected KEY=VALUE", f"e.g. {flag} momentum=0.9")
+        out[key.strip()] = _value(value)
+    return out
+
+
+def _csv(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    items = _csv(text)
+    if items is None:
+        return None
+    try:
+        return [float(t) for t in items]
+    except ValueError:
+        raise CLIError(f"{flag} {text!r}: expected numbers separated by commas",
+                       f"e.g. {flag} 1e-3,1e-2") from None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _store(url: str | None) -> Any:
+    from .lab.store import open_store
+    return open_store(url)
+
+
+def _execute_study(spec: dict[str, Any], store: Any, workers: int | None) -> Any:
+    from .lab.progress import Progress
+    from .lab.study import InlineExecutor, ProcessExecutor, plan, run_study
+
+    total = len({r.key for r in plan(spec)})
+    done = len(store.finished({r.key for r in plan(spec)}))
+    bar = Progress(total, "runs", start=done)
+    if done:
+        bar.message(f"resuming study {spec['name']!r}: {done} of {total} runs already stored")
+    else:
+        bar.message(f"study {spec['name']!r}: {total} runs")
+
+    def progress(count: int, total: int, record: dict[str, Any]) -> None:
+        c = record["config"]
+        bar.update(count, f"{record['label']} on {c['task']} seed {c['seed']}: "
+                          f"{record['status']}")
+
+    executor = InlineExecutor() if workers == 1 else ProcessExecutor(workers)
+    outcome = run_study(spec, store, executor=executor, progress=progress)
+    return outcome
+
+
+def _write_report(store: Any, name: str, out: Path | None, *, quiet: bool = False) -> Path:
+    from .lab.environment import environment
+    from .lab.progress import Progress
+    from .lab.report import summary_table, write_report
+
+    records = store.study_records(name)
+    spec = store.study_spec(name)
+    if not records:
+        raise CLIError(f"study {name!r} has no finished runs yet",
+                       "run it with optimlab compare first")
+    out = out or Path("optimlab-results") / _safe_dirname(name)
+    bar = Progress(1, "report")
+    index = write_report(records, out, title=f"optimlab: {name}", study=spec,
+                         environment=environment(),
+                         progress=None if quiet else (lambda m: bar.message(f"report: {m}")))
+    if not quiet:
+        print(summary_table(records))
+    return index
+
+
+def _safe_dirname(name: str) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name).strip(".-")
+    return safe or "study"
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    print(_list(args.what))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .lab.study import default_name, normalize_spec
+
+    hyper = _pairs(args.hp, "--hp")
+    if args.lr is not None:
+        hyper["lr"] = args.lr
+    spec_in: dict[str, Any] = {
+        "tasks": [args.task], "optimizers": [args.optimizer], "seeds": [args.seed],
+        "batch_size": args.batch_size, "schedule": args.schedule, "steps": args.steps,
+        "seconds": args.seconds, "telemetry": args.telemetry,
+        "hyperparams": {args.optimizer: hyper} if hyper else {},
+        "task": {args.task: {"options": _pairs(args.task_option, "--task-option")}},
+    }
+    spec = normalize_spec(spec_in, source="optimlab run")
+    spec["name"] = args.name or "run-" + default_name(spec).removeprefix("study-")
+    with _store(args.store) as store:
+        _execute_study(spec, store, workers=1)
+        record = store.study_records(spec["name"])[0]
+        if args.json:
+            print(json.dumps(record, indent=1))
+        else:
+            _print_run(record)
+        if args.out:
+            _write_report(store, spec["name"], Path(args.out), quiet=True)
+            print(f"report: {Path(args.out) / 'index.html'}")
+    return 0 if record["status"] != "failed" else 1
+
+
+def _print_run(record: dict[str, Any]) -> None:
+    c, info = record["config"], record["task_info"]
+    print(f"{c['optimizer']} on {c['task']} (seed {c['seed']}, batch {c['batch_size']}, "
+          f"{c['schedule']} schedule): {record['status']}"
+          + (f" - {record['error']}" if record["error"] else ""))
+    print(f"  hyperparameters: {json.dumps(c['hyperparams'])}")
+    print(f"  {record['steps_done']} steps in {record['train_seconds']:.2f} s of training "
+          f"({record['wall_seconds']:.2f} s wall)")
+    for k, v in record["final"].items():
+        print(f"  final {k:<20} {v:.6g}")
+    target = f"{info['target_metric']} <= {info['target']:g}"
+    if record["steps_to_target"] is not None:
+        print(f"  reached {target} at step {record['steps_to_target']} "
+              f"({record['time_to_target']:.3f} s)")
+    else:
+        print(f"  did not reach {target}")
+    if record["generalization_gap"] is not None:
+        print(f"  generalization gap (test - train loss): {record['generalization_gap']:.4g}")
+    print(f"  optimizer state: {record['state_bytes']} bytes for {record['n_params']} "
+          f"parameters; store key {record['key']}")
+
+
+def _default_spec() -> dict[str, Any]:
+    from .lab.study import load_study_file
+    path = Path(__file__).parent / "lab" / "studies" / "default.toml"
+    return load_study_file(path)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .lab.study import default_name, load_study_file, normalize_spec
+
+    custom = any(v is not None for v in (args.tasks, args.optimizers, args.seeds,
+                                         args.batch_size, args.lr, args.schedule, args.steps,
+                                         args.seconds))
+    if args.study is not None:
+        if custom:
+            raise CLIError("--study FILE cannot be combined with --tasks/--optimizers/... "
+                           "options", "put the settings in the study file")
+        spec = load_study_file(args.study)
+    elif not custom:
+        spec = _default_spec()
+    else:
+        default = _default_spec()
+        tasks = _csv(args.tasks) or default["tasks"]
+        optimizers = _csv(args.optimizers) or default["optimizers"]
+        spec_in: dict[str, Any] = {"tasks": tasks, "optimizers": optimizers,
+                                   "seeds": args.seeds if args.seeds is not None else 3}
+        if args.batch_size is not None:
+            spec_in["batch_size"] = _csv(args.batch_size)
+        if args.schedule is not None:
+            spec_in["schedule"] = _csv(args.schedule)
+        for key in ("steps", "seconds"):
+            if getattr(args, key) is not None:
+                spec_in[key] = getattr(args, key)
+        lrs = _floats(args.lr, "--lr")
+        if lrs is not None:
+            spec_in["hyperparams"] = {o: {"lr": lrs} for o in optimizers}
+        # Per-task settings of the default study (options, tuned learning rates) carry over
+        # where the command line does not set them.
+        tables = {}
+        for task in tasks:
+            t = dict(default["task"].get(task, {}))
+            if not t:
+                continue
+            if args.batch_size is not None:
+                t.pop("batch_size", None)
+            if args.steps is not None:
+                t.pop("steps", None)
+            hyper = {o: dict(v) for o, v in t.get("hyperparams", {}).items() if o in optimizers}
+            if lrs is not None:
+                for v in hyper.values():
+                    v.pop("lr", None)
+            t["hyperparams"] = {o: {k: (v[0] if len(v) == 1 else v) for k, v in h.items()}
+                                for o, h in hyper.items() if h}
+            tables[task] = t
+        spec_in["task"] = tables
+        spec = normalize_spec(spec_in, source="optimlab compare")
+    if args.name:
+        spec["name"] = args.name
+    spec["name"] = spec.get("name") or default_name(spec)
+    with _store(args.store) as store:
+        outcome = _execute_study(spec, store, args.workers)
+        if args.no_report:
+            print(f"study {outcome.name!r}: {outcome.planned} runs stored in {store.url}")
+            return 0
+        out = Path(args.out) if args.out else None
+        index = _write_report(store, outcome.name, out)
+    print(f"\nreport: {index}\nresults: {store.url} (study {outcome.name!r}; "
+          f"re-running this command resumes it)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    with _store(args.store) as store:
+        if args.study is None:
+            studies = store.studies()
+            if not studies:
+                print(f"no studies in {store.url} yet; run optimlab compare")
+                return 0
+            print(f"studies in {store.url}:")
+            for s in studies:
+                print(f"  {s['name']:<30} {s['finished']}/{s['runs']} runs finished")
+            print("write one's report with: optimlab report --study NAME")
+            return 0
+        index = _write_report(store, args.study, Path(args.out) if args.out else None)
+    print(f"\nreport: {index}")
+    return 0
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="optimlab", formatter_class=raw, epilog=EXAMPLES["main"],
+        description="optimlab: composable torch.optim optimizers and a lab that compares them "
+                    "by measurement.")
+    parser.add_argument("--version", action="version", version=f"optimlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list tasks, optimizers, transforms and schedules",
+                       description="List what optimlab provides.", epilog=EXAMPLES["list"],
+                       formatter_class=raw)
+    p.add_argument("what", nargs="?", default="all",
+                   choices=("all", "tasks", "optimizers", "transforms", "schedules"))
+    p.set_defaults(func=_cmd_list)
+
+    def store_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", metavar="URL", default=None,
+                       help="results database (default sqlite:///optimlab-results/results.db)")
+
+    p = sub.add_parser("run", help="train one task with one optimizer and print the result",
+                       description="Run one task with one optimizer configuration and seed; "
+                                   "the run is stored like a study's.",
+                       epilog=EXAMPLES["run"], formatter_class=raw)
+    p.add_argument("--task", required=True, help="task name (optimlab list tasks)")
+    p.add_argument("--optimizer", required=True, help="optimizer name (optimlab list)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--hp", action="append", metavar="KEY=VALUE",
+                   help="another hyperparameter, e.g. --hp momentum=0.9 --hp betas=0.9,0.99")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                   help="a task option, e.g. --task-option depth=3")
+    p.add_argument("--batch-size", default=32, help="'full', 1 or k (default 32)")
+    p.add_argument("--schedule", default="constant", help="learning-rate schedule")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="step budget (task default)")
+    p.add_argument("--seconds", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--telemetry", action="store_true", help="record gradient telemetry")
+    p.add_argument("--name", default=None, help="study name to store the run under")
+    p.add_argument("--out", default=None, help="also write a report to this folder")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    store_arg(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("compare", help="compare optimizers on tasks and write a report",
+                       description="Run a study (optimizers x tasks x seeds x settings) in "
+                                   "parallel, store every run, and write an HTML report. "
+                                   "With no options: the default comparison.",
+                       epilog=EXAMPLES["compare"], formatter_class=raw)
+    p.add_argument("--study", metavar="FILE.toml", help="a study file (see the README)")
+    p.add_argument("--tasks", help="comma-separated task names")
+    p.add_argument("--optimizers", help="comma-separated optimizer names")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
+    p.add_argument("--batch-size", help="comma-separated: full, 1, k (a list sweeps)")
+    p.add_argument("--lr", help="comma-separated learning rates for every optimizer (sweeps)")
+    p.add_argument("--schedule", help="comma-separated schedule names (a list sweeps)")
+    p.add_argument("--steps", type=int, help="step budget per run (default: each task's)")
+    p.add_argument("--seconds", type=float, help="wall-clock budget per run")
+    p.add_argument("--name", help="study name (default: derived from the settings)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel worker processes (default: one per core)")
+    p.add_argument("--out", help="report folder (default optimlab-results/STUDY/)")
+    p.add_argument("--no-report", action="store_true", help="only run and store")
+    store_arg(p)
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("report", help="write the report of a stored study",
+                       description="Write the HTML report, summary.md and results.csv/json of "
+                                   "a study in the store; with no --study, list the studies.",
+                       epilog=EXAMPLES["report"], formatter_class=raw)
+    p.add_argument("--study", help="study name")
+    p.add_argument("--out", help="report folder (default optimlab-results/STUDY/)")
+    store_arg(p)
+    p.set_defaults(func=_cmd_report)
+    return parser
+
+
+def _hint_for(args: argparse.Namespace) -> str:
+    cmd = getattr(args, "command", None)
+    return f"see: optimlab {cmd} --help" if cmd else "see: optimlab --help"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``optimlab`` console script."""
-    parser = argparse.ArgumentParser(
-        prog="optimlab",
-        description="optimlab: composable torch.optim optimizers and an optimizer lab.",
-        epilog="examples:\n  optimlab list\n  optimlab compare",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"optimlab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("list", help="list optimizers and transforms",
-                   description="List the optimizers and transforms optimlab provides.")
-    sub.add_parser("compare", help="compare optimizers on tasks (the lab; not in this version)",
-                   description="Compare optimizers on built-in tasks and write a report.")
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "compare":
-        print("optimlab compare: the comparison lab (tasks, studies, report) is not part of "
-              f"optimlab {__version__} yet. What this version provides:\n")
+    if args.command is None:
         print(_list())
         return 0
-    print(_list())
-    return 0
+    func: Callable[[argparse.Namespace], int] = args.func
+    from .lab.store import StoreError
+    from .lab.study import StudyError
+    try:
+        if getattr(args, "workers", None) is not None and args.workers < 1:
+            raise CLIError(f"--workers must be >= 1, got {args.workers}")
+        return func(args)
+    except CLIError as e:
+        _error(str(e), e.hint or _hint_for(args))
+    except (StudyError, StoreError, ValueError, TypeError) as e:
+        _error(str(e), _hint_for(args))
+    except KeyboardInterrupt:
+        print("\noptimlab: interrupted; finished runs are stored, run the same command again "
+              "to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug of ours: still one line, the traceback on request
+        if os.environ.get("OPTIMLAB_DEBUG"):
+            raise
+        _error(f"internal error: {type(e).__name__}: {e}",
+               "set OPTIMLAB_DEBUG=1 to see the traceback, and please report it")
+        return 1
+    return 2
+
+
+def _error(message: str, hint: str) -> None:
+    message = " ".join(message.split())
+    print(f"optimlab: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 Built-in task modules register themselves when imported here.
 """
 
-from . import convex, functions2d
+from . import convex, functions2d, neural, presets, sequence
 from .base import Batch, Task, TaskInfo
 from .registry import TASKS, UnknownTaskError, make_task, register
 
 __all__ = ["TASKS", "Batch", "Task", "TaskInfo", "UnknownTaskError", "convex", "functions2d",
-           "make_task", "register"]
+           "make_task", "neural", "presets", "register", "sequence"]

@@ -1,0 +1,161 @@
+"""The optimizers the lab knows by name, with their documented default hyperparameters.
+
+A lab optimizer is a named configuration of an optimlab optimizer class: ``"momentum"`` is
+:class:`optimlab.SGD` with ``momentum=0.9``, ``"nesterov"`` adds ``nesterov=True``. Its
+``defaults`` are the hyperparameters a study uses unless it sets others; they are the values
+practitioners start from (torch.optim's defaults where those are sensible starting points, a
+larger learning rate for plain SGD, whose torch default is none at all).
+
+Any other ``torch.optim.Optimizer`` subclass can be used by import path,
+``"package.module:ClassName"``, with its own constructor defaults.
+
+Optimizers know nothing of the lab; this table is the lab's view of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from .. import OPTIMIZERS
+
+__all__ = ["LAB_OPTIMIZERS", "LabOptimizer", "UnknownOptimizerError", "build_optimizer",
+           "resolve_hyperparams"]
+
+
+class UnknownOptimizerError(ValueError):
+    """An optimizer name that is neither in :data:`LAB_OPTIMIZERS` nor an importable class."""
+
+
+@dataclass(frozen=True)
+class LabOptimizer:
+    """A named optimizer configuration.
+
+    Attributes:
+        name: the name studies and the CLI use.
+        cls: the optimizer class.
+        fixed: constructor arguments that define this configuration (``momentum=0.9`` for
+            ``"momentum"``); a study may still override them.
+        defaults: default hyperparameters (a study's values replace them).
+        description: one line for ``optimlab list``.
+    """
+
+    name: str
+    cls: type[Optimizer]
+    description: str
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _lab(name: str, cls_name: str, description: str, **defaults: Any) -> LabOptimizer:
+    return LabOptimizer(name=name, cls=OPTIMIZERS[cls_name], description=description,
+                        defaults=defaults)
+
+
+#: name -> configuration. The seven classics first (the default comparison), then the rest.
+LAB_OPTIMIZERS: dict[str, LabOptimizer] = {
+    "sgd": _lab("sgd", "sgd", "plain (mini-batch) gradient descent, lr=0.05", lr=0.05),
+    "momentum": LabOptimizer("momentum", OPTIMIZERS["sgd"],
+                             "SGD with heavy-ball momentum 0.9, lr=0.01",
+                             fixed={"momentum": 0.9}, defaults={"lr": 0.01}),
+    "nesterov": LabOptimizer("nesterov", OPTIMIZERS["sgd"],
+                             "SGD with Nesterov momentum 0.9, lr=0.01",
+                             fixed={"momentum": 0.9, "nesterov": True}, defaults={"lr": 0.01}),
+    "adagrad": _lab("adagrad", "adagrad", "AdaGrad, lr=0.05", lr=0.05),
+    "rmsprop": _lab("rmsprop", "rmsprop", "RMSprop, alpha=0.99, lr=1e-3", lr=1e-3),
+    "adam": _lab("adam", "adam", "Adam, betas=(0.9, 0.999), lr=1e-3", lr=1e-3),
+    "adamw": _lab("adamw", "adamw", "AdamW, decoupled weight decay 0.01, lr=1e-3",
+                  lr=1e-3, weight_decay=0.01),
+    "nadam": _lab("nadam", "nadam", "NAdam (Adam with Nesterov momentum), lr=2e-3", lr=2e-3),
+    "radam": _lab("radam", "radam", "RAdam (rectified Adam), lr=1e-3", lr=1e-3),
+    "adamax": _lab("adamax", "adamax", "Adamax (infinity-norm Adam), lr=2e-3", lr=2e-3),
+    "adadelta": _lab("adadelta", "adadelta", "Adadelta, rho=0.9, lr=1.0", lr=1.0),
+}
+
+#: The classic seven that ``optimlab compare`` compares by default.
+CLASSIC = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+
+
+def lookup(name: str) -> LabOptimizer:
+    """The :class:`LabOptimizer` for ``name`` (a lab name or ``"module:Class"``)."""
+    if not isinstance(name, str) or not name:
+        raise UnknownOptimizerError(f"optimizer name must be a non-empty string, got {name!r}")
+    if name in LAB_OPTIMIZERS:
+        return LAB_OPTIMIZERS[name]
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise UnknownOptimizerError(f"cannot import optimizer {name!r}: {e}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
+            raise UnknownOptimizerError(f"{name!r} is not a torch.optim.Optimizer subclass")
+        return LabOptimizer(name=name, cls=cls, description=f"{cls.__module__}.{cls.__name__}")
+    raise UnknownOptimizerError(
+        f"unknown optimizer {name!r}; known optimizers: {', '.join(LAB_OPTIMIZERS)} "
+        "(or a torch.optim.Optimizer class as 'package.module:Class')")
+
+
+def _allowed(cls: type[Optimizer]) -> dict[str, Any]:
+    """Constructor keyword arguments of ``cls`` (except ``params``) and their defaults."""
+    sig = inspect.signature(cls.__init__)
+    out = {}
+    for p in list(sig.parameters.values())[1:]:
+        if p.name == "params" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        out[p.name] = None if p.default is inspect.Parameter.empty else p.default
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able form of a hyperparameter value (tuples become lists, tensors numbers)."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def resolve_hyperparams(name: str, hyperparams: Mapping[str, Any] | None = None
+                        ) -> dict[str, Any]:
+    """The full hyperparameters a run of ``name`` uses: constructor defaults, then the lab's
+    configuration and defaults, then ``hyperparams``. Unknown keys raise ``ValueError`` naming
+    the key and the allowed ones. Values are not range-checked here: the constructor does that.
+    """
+    opt = lookup(name)
+    allowed = _allowed(opt.cls)
+    given = dict(hyperparams or {})
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ValueError(f"optimizer {name!r} has no hyperparameter {unknown[0]!r}; "
+                         f"allowed: {', '.join(sorted(allowed))}")
+    values = {k: v for k, v in allowed.items() if v is not None and not callable(v)}
+    values.update(opt.fixed)
+    values.update(opt.defaults)
+    values.update(given)
+    # Implementation switches are not hyperparameters: leave them at the class defaults.
+    for switch in ("foreach", "fused", "capturable", "differentiable", "maximize"):
+        if switch not in given:
+            values.pop(switch, None)
+    return {k: _plain(v) for k, v in sorted(values.items())}
+
+
+def build_optimizer(name: str, params: Iterable[torch.Tensor],
+                    hyperparams: Mapping[str, Any] | None = None) -> Optimizer:
+    """Construct optimizer ``name`` over ``params`` with :func:`resolve_hyperparams`'s values.
+
+    Invalid values raise ``ValueError`` naming the hyperparameter (the constructor's check).
+    """
+    opt = lookup(name)
+    values = resolve_hyperparams(name, hyperparams)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return opt.cls(params, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"optimizer {name!r}: {e}") from None

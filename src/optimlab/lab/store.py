@@ -1,0 +1,219 @@
+"""The results store: finished runs, and which study each belongs to, in a database.
+
+The default store is an embedded SQLite database (``sqlite:///path/to/results.db``). Each
+finished run is written in its own transaction the moment it finishes, keyed by its config's
+hash, so a study killed at any instant (SIGKILL included) keeps every run that had finished and
+never holds one twice; re-running the study skips them. SQLite's write-ahead log lets readers
+(``optimlab report``) work while a study writes.
+
+The store is reached through :func:`open_store` and the small :class:`ResultStore` interface,
+so that a server database can be added behind a URL (``postgresql://...``) without touching
+the runner or the report.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["DEFAULT_URL", "ResultStore", "SQLiteStore", "StoreError", "open_store"]
+
+#: Where results go unless told otherwise (relative to the working directory).
+DEFAULT_URL = "sqlite:///optimlab-results/results.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key      TEXT PRIMARY KEY,
+    status   TEXT NOT NULL,
+    config   TEXT NOT NULL,
+    record   TEXT NOT NULL,
+    finished REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS studies (
+    name    TEXT PRIMARY KEY,
+    spec    TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS study_runs (
+    study TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    label TEXT NOT NULL,
+    pos   INTEGER NOT NULL,
+    PRIMARY KEY (study, key)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+_VERSION = "1"
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or read (bad URL, not a results database, corrupt file)."""
+
+
+@runtime_checkable
+class ResultStore(Protocol):
+    """What the runner and the report need from a results store."""
+
+    url: str
+
+    def save_study(self, name: str, spec: Mapping[str, Any],
+                   runs: Sequence[tuple[str, str]]) -> None:
+        """Record study ``name`` with its ``spec`` and its runs as ``(key, label)`` pairs."""
+
+    def finished(self, keys: Iterable[str]) -> set[str]:
+        """The subset of ``keys`` whose runs are stored."""
+
+    def put_run(self, record: Mapping[str, Any]) -> bool:
+        """Store a finished run; ``False`` (and nothing written) if its key is already there."""
+
+    def study_records(self, name: str) -> list[dict[str, Any]]:
+        """The stored runs of study ``name`` in the study's order, each with its ``label``."""
+
+    def study_spec(self, name: str) -> dict[str, Any]:
+        """The spec study ``name`` was saved with."""
+
+    def studies(self) -> list[dict[str, Any]]:
+        """Every study: name, number of runs, finished runs, last update."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+class SQLiteStore:
+    """:class:`ResultStore` in one SQLite file (created with its folder if missing)."""
+
+    def __init__(self, path: str | Path, url: str | None = None) -> None:
+        self.path = Path(path)
+        self.url = url or f"sqlite:///{self.path}"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE name='version'").fetchone()
+            if row is None:
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)", (_VERSION,))
+            elif row[0] != _VERSION:
+                raise StoreError(f"{self.path}: results database version {row[0]}, this "
+                                 f"optimlab reads version {_VERSION}")
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path} is not a usable results database ({e}); "
+                             "point --store at another file") from None
+        except OSError as e:
+            raise StoreError(f"cannot open results database {self.path}: {e}") from None
+
+    def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
+        """Run ``statements`` in one immediate transaction; returns rows changed."""
+        changed = 0
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in statements:
+                changed += self._db.execute(sql, args).rowcount
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return changed
+
+    def save_study(self, name: str, spec: Mapping[str, Any],
+                   runs: Sequence[tuple[str, str]]) -> None:
+        now = time.time()
+        statements: list[tuple[str, Sequence[Any]]] = [
+            ("INSERT INTO studies VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+             "spec=excluded.spec, updated=excluded.updated",
+             (name, json.dumps(spec, sort_keys=True), now, now)),
+            ("DELETE FROM study_runs WHERE study=?", (name,)),
+        ]
+        statements += [("INSERT OR REPLACE INTO study_runs VALUES (?, ?, ?, ?)",
+                        (name, key, label, i)) for i, (key, label) in enumerate(runs)]
+        self._write(statements)
+
+    def finished(self, keys: Iterable[str]) -> set[str]:
+        keys = list(keys)
+        out: set[str] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update(r[0] for r in self._db.execute(
+                f"SELECT key FROM runs WHERE key IN ({marks})", chunk))
+        return out
+
+    def put_run(self, record: Mapping[str, Any]) -> bool:
+        text = json.dumps(record)
+        config = json.dumps(record["config"], sort_keys=True)
+        return self._write([("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?)",
+                             (record["key"], record["status"], config, text,
+                              time.time()))]) == 1
+
+    def get_run(self, key: str) -> dict[str, Any] | None:
+        """One stored run by key, or ``None``."""
+        row = self._db.execute("SELECT record FROM runs WHERE key=?", (key,)).fetchone()
+        return None if row is None else self._load(row[0], key)
+
+    def _load(self, text: str, key: str) -> dict[str, Any]:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{self.path}: run {key} is corrupt ({e})") from None
+
+    def study_records(self, name: str) -> list[dict[str, Any]]:
+        self.study_spec(name)  # raises for an unknown study
+        rows = self._db.execute(
+            "SELECT r.record, s.label, r.key FROM study_runs s JOIN runs r ON r.key = s.key "
+            "WHERE s.study=? ORDER BY s.pos", (name,)).fetchall()
+        out = []
+        for text, label, key in rows:
+            record = self._load(text, key)
+            record["label"] = label
+            out.append(record)
+        return out
+
+    def study_spec(self, name: str) -> dict[str, Any]:
+        row = self._db.execute("SELECT spec FROM studies WHERE name=?", (name,)).fetchone()
+        if row is None:
+            known = [s["name"] for s in self.studies()]
+            raise StoreError(f"no study {name!r} in {self.url}; studies there: "
+                             f"{', '.join(known) or 'none'}")
+        return json.loads(row[0])
+
+    def studies(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT st.name, st.updated, COUNT(sr.key), COUNT(r.key) FROM studies st "
+            "LEFT JOIN study_runs sr ON sr.study = st.name "
+            "LEFT JOIN runs r ON r.key = sr.key GROUP BY st.name ORDER BY st.updated").fetchall()
+        return [{"name": n, "updated": u, "runs": total, "finished": done}
+                for n, u, total, done in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(url: str | Path | None = None) -> ResultStore:
+    """Open the store at ``url``: ``sqlite:///relative/path.db``, ``sqlite:////absolute.db``
+    or a plain file path. Other schemes raise :class:`StoreError` naming the supported ones."""
+    url = str(url) if url is not None else DEFAULT_URL
+    if "://" not in url:
+        return SQLiteStore(url, url=f"sqlite:///{url}")
+    scheme, _, rest = url.partition("://")
+    if scheme == "sqlite":
+        if not rest.startswith("/") or rest == "/":
+            raise StoreError(f"bad SQLite URL {url!r}; use sqlite:///relative/path.db or "
+                             "sqlite:////absolute/path.db")
+        return SQLiteStore(rest[1:], url=url)
+    raise StoreError(f"unsupported results-store URL scheme {scheme!r} in {url!r}; this "
+                     "version stores results in SQLite: sqlite:///path/to/results.db")
