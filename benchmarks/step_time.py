@@ -192,7 +192,15 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
-        env["gpu_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
+        props = torch.cuda.get_device_properties(device)
+        env["gpu_memory_bytes"] = props.total_memory
+        env["gpu_capability"] = f"{props.major}.{props.minor}"
+        env["gpu_sms"] = props.multi_processor_count
+        try:
+            import triton
+            env["triton"] = triton.__version__
+        except ImportError:
+            env["triton"] = None
     return env
 
 
@@ -253,7 +261,9 @@ class Result:
     times_ms: list[float] = field(default_factory=list)
     first_step_s: float = float("nan")
     state_bytes: int = 0
-    peak_memory_bytes: int | None = None  # CUDA only
+    peak_memory_bytes: int | None = None  # CUDA only: steady-state steps
+    first_step_peak_bytes: int | None = None  # CUDA only: the first step (compile included)
+    leftover_bytes: int | None = None  # CUDA only: still allocated after the cleanup
     vs_torch: float = float("nan")
     vs_floor: float = float("nan")
 
@@ -283,11 +293,49 @@ def build(impl: str, name: str, params: list[torch.nn.Parameter], nonfinite: str
 
 def run_impl(impl: str, name: str, shapes: Sequence[tuple[int, ...]], dtype: torch.dtype,
              device: torch.device, warmup: int, repeat: int, nonfinite: str) -> Result:
-    """Time one implementation of one optimizer on fresh parameters, gradients and state."""
-    res = Result(impl)
-    params = make_params(shapes, dtype, device)
-    opt: torch.optim.Optimizer | None = None
+    """Time one implementation of one optimizer on fresh parameters, gradients and state.
+
+    Everything the implementation allocated (parameters, gradients, state, the optimizer, the
+    step function and what compiled code holds) is freed before this returns, so the next
+    implementation starts from the same memory: on CUDA ``leftover_bytes`` says how much was
+    still allocated afterwards (0 when the cleanup worked).
+    """
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     try:
+        # Every reference to the optimizer (``opt``, the bound or compiled ``step``, an
+        # exception's traceback) lives in _run_impl's frame, which is gone once it returns:
+        # only then can the memory be collected and handed back.
+        res = _run_impl(impl, name, shapes, dtype, device, warmup, repeat, nonfinite)
+    finally:
+        if impl in ("optimlab fused", "torch compiled"):
+            # Compiled code can hold on to the optimizer (and its state) through dynamo's
+            # caches; drop them so one implementation's memory is not charged to the next.
+            torch._dynamo.reset()
+        gc.collect()
+        if device.type == "cuda":
+            sync(device)
+            torch.cuda.empty_cache()
+    if device.type == "cuda":
+        res.leftover_bytes = torch.cuda.memory_allocated(device) - before
+    return res
+
+
+def _fused_unavailable(e: BaseException) -> bool:
+    """Whether ``e`` (raised building or first stepping ``fused=True``) means torch has no fused
+    kernel for this optimizer on this device/dtype, rather than a real failure."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return False
+    msg = str(e)
+    if isinstance(e, TypeError):
+        return "fused" in msg  # unexpected keyword argument 'fused'
+    return "fused" in msg or "supported devices" in msg
+
+
+def _run_impl(impl: str, name: str, shapes: Sequence[tuple[int, ...]], dtype: torch.dtype,
+              device: torch.device, warmup: int, repeat: int, nonfinite: str) -> Result:
+    res = Result(impl)
+    try:
+        params = make_params(shapes, dtype, device)
         sync(device)
         if device.type == "cuda":
             base = torch.cuda.memory_allocated(device)
@@ -299,13 +347,19 @@ def run_impl(impl: str, name: str, shapes: Sequence[tuple[int, ...]], dtype: tor
             sync(device)
             res.first_step_s = time.perf_counter() - t0
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
-            if impl != "torch fused" or isinstance(e, torch.OutOfMemoryError):
+            if impl != "torch fused" or not _fused_unavailable(e):
                 raise
             res.status = "n/a"
             res.note = (f"torch.optim has no fused {optimlab.OPTIMIZERS[name].__name__}"
-                        if isinstance(e, TypeError) and "fused" in str(e)
+                        if isinstance(e, TypeError)
                         else f"{type(e).__name__}: {str(e).splitlines()[0]}")
             return res
+        if device.type == "cuda":
+            # The first step's peak includes the compiler's own allocations (inductor clones
+            # the mutated inputs to benchmark kernel configs); report it apart, and measure
+            # the steady-state peak (state, still allocated, plus a step's temporaries) anew.
+            res.first_step_peak_bytes = torch.cuda.max_memory_allocated(device) - base
+            torch.cuda.reset_peak_memory_stats(device)
         for _ in range(warmup):
             step()
         times = time_steps(step, device, repeat)
@@ -319,15 +373,6 @@ def run_impl(impl: str, name: str, shapes: Sequence[tuple[int, ...]], dtype: tor
             raise FloatingPointError(f"non-finite parameters after the steps (tensors {bad[:5]})")
     except Exception as e:  # keep the other results; the run exits non-zero at the end
         res.status, res.note = "error", f"{type(e).__name__}: {str(e).splitlines()[0]}"
-    finally:
-        del opt, params
-        if impl in ("optimlab fused", "torch compiled"):
-            # Compiled code can hold on to the optimizer (and its state) through dynamo's
-            # caches; drop them so one implementation's memory is not charged to the next.
-            torch._dynamo.reset()
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
     return res
 
 
@@ -440,8 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"CPU: {env['cpu']} ({env['cpu_count']} logical CPUs), torch threads: "
           f"{env['torch_threads']}")
     if device.type == "cuda":
-        print(f"GPU: {env['gpu']} (CUDA {env['cuda']}, "
-              f"{env['gpu_memory_bytes'] / 2**30:.0f} GiB)")
+        print(f"GPU: {env['gpu']} (CUDA {env['cuda']}, sm_{env['gpu_capability']}, "
+              f"{env['gpu_sms']} SMs, {env['gpu_memory_bytes'] / 2**30:.0f} GiB), "
+              f"triton {env['triton']}")
 
     shape = choose_shape(args.params, args.layers)
     shapes = shape.shapes()
@@ -459,6 +505,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"timing: {args.warmup} warm-up steps, median of {args.repeat}; implementations: "
           f"{', '.join(impls)}; optimlab nonfinite={args.nonfinite!r}\n")
 
+    def write_json(rows: list[dict[str, Any]], summary: list[str], complete: bool) -> None:
+        if args.json is None:
+            return
+        out = {
+            "environment": env,
+            "config": {**{k: (str(v) if isinstance(v, Path) else v)
+                          for k, v in vars(args).items()},
+                       "n_params": n_params, "n_tensors": len(shapes),
+                       "shape": asdict(shape)},
+            "bandwidth": bw,
+            # False while the run is going on: the file is rewritten after every optimizer,
+            # so a run that is stopped (a time limit) still leaves the results it got.
+            "complete": complete,
+            "optimizers": [{**row, "results": [asdict(r) for r in row["results"]]}
+                           for row in rows],
+            "summary": summary,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        # NaN (a missing number) is written as null, so the file is strict JSON.
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(_nan_to_none(out), indent=1) + "\n")
+        tmp.replace(args.json)
+
     rows: list[dict[str, Any]] = []
     for name in args.optimizers:
         bytes_per_param = BYTES_PER_PARAM_FP32[name] * itemsize // 4
@@ -468,7 +537,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             r = run_impl(impl, name, shapes, dtype, device, args.warmup, args.repeat,
                          args.nonfinite)
             results.append(r)
-            shown = f"{r.median_ms:.3f} ms" if r.status == "ok" else f"{r.status} {r.note}"
+            shown = (f"{r.median_ms:.3f} ms (first step {r.first_step_s:.2f} s)"
+                     if r.status == "ok" else f"{r.status} {r.note}")
+            if r.peak_memory_bytes is not None:
+                shown += f", peak {mib(r.peak_memory_bytes)} MiB"
+            if r.leftover_bytes:
+                shown += f", LEFT ALLOCATED {mib(r.leftover_bytes)} MiB"
             print(f"  {name:<9} {impl:<15} {shown}", file=sys.stderr, flush=True)
         by_impl = {r.impl: r for r in results if r.status == "ok"}
         base = by_impl.get("torch fused") or by_impl.get("torch foreach")
@@ -480,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append({"name": name, "settings": SETTINGS[name],
                      "bytes_per_param": bytes_per_param, "floor_ms": 1e3 * floor_s,
                      "base": base.impl if base else None, "results": results})
+        write_json(rows, [summarize(row) for row in rows], complete=False)
 
     print()
     print_table(rows, device)
@@ -489,20 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
 
     if args.json is not None:
-        out = {
-            "environment": env,
-            "config": {**{k: (str(v) if isinstance(v, Path) else v)
-                          for k, v in vars(args).items()},
-                       "n_params": n_params, "n_tensors": len(shapes),
-                       "shape": asdict(shape)},
-            "bandwidth": bw,
-            "optimizers": [{**row, "results": [asdict(r) for r in row["results"]]}
-                           for row in rows],
-            "summary": summary,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        # NaN (a missing number) is written as null, so the file is strict JSON.
-        args.json.write_text(json.dumps(_nan_to_none(out), indent=1) + "\n")
+        write_json(rows, summary, complete=True)
         print(f"\nwrote {args.json}")
     errors = [(row["name"], r) for row in rows for r in row["results"] if r.status == "error"]
     for name, r in errors:
