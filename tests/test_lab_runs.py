@@ -179,3 +179,21 @@ def test_closure_driven_optimizer_runs_unchanged() -> None:
     assert r["status"] == "ok"
     assert r["extra"]["closure_evals"] > 5  # L-BFGS evaluates several times per step
     assert r["final"]["suboptimality"] < 1e-3
+
+
+def test_on_eval_sees_every_evaluation_and_can_prune() -> None:
+    from optimlab.lab.runs import RunPruned
+    seen = []
+    r = execute(RunConfig("quadratic", "sgd", {"lr": 1e-3}, steps=100, eval_every=10),
+                threads=1, on_eval=lambda step, m: seen.append((step, m["train_loss"])))
+    assert [s for s, _ in seen] == list(range(10, 101, 10))
+    assert seen[-1][1] == r["final"]["train_loss"]
+
+    def prune(step: int, metrics: dict) -> None:
+        if step >= 30:
+            raise RunPruned("hopeless")
+
+    p = execute(RunConfig("quadratic", "sgd", {"lr": 1e-3}, steps=100, eval_every=10),
+                threads=1, on_eval=prune)
+    assert p["status"] == "pruned" and p["steps_done"] == 30
+    assert "hopeless" in p["error"]

@@ -215,7 +215,7 @@ def _count(db: Path) -> int:
     try:
         con = sqlite3.connect(db, timeout=5)
         try:
-            return con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            return con.execute("SELECT COUNT(*) FROM optimlab_runs").fetchone()[0]
         finally:
             con.close()
     except sqlite3.Error:

@@ -269,7 +269,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     custom = any(v is not None for v in (args.tasks, args.optimizers, args.seeds,
                                          args.batch_size, args.lr, args.schedule, args.steps,
-                                         args.seconds))
+                                         args.seconds)) or args.telemetry
     if args.study is not None:
         if custom:
             raise CLIError("--study FILE cannot be combined with --tasks/--optimizers/... "
@@ -290,6 +290,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         for key in ("steps", "seconds"):
             if getattr(args, key) is not None:
                 spec_in[key] = getattr(args, key)
+        spec_in["telemetry"] = args.telemetry
         lrs = _floats(args.lr, "--lr")
         if lrs is not None:
             spec_in["hyperparams"] = {o: {"lr": lrs} for o in optimizers}
@@ -405,6 +406,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", help="comma-separated schedule names (a list sweeps)")
     p.add_argument("--steps", type=int, help="step budget per run (default: each task's)")
     p.add_argument("--seconds", type=float, help="wall-clock budget per run")
+    p.add_argument("--telemetry", action="store_true", help="record gradient telemetry")
     p.add_argument("--name", help="study name (default: derived from the settings)")
     p.add_argument("--workers", type=int, default=None,
                    help="parallel worker processes (default: one per core)")

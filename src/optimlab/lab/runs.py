@@ -34,12 +34,16 @@ from ..telemetry import Telemetry
 from .optimizers import build_optimizer, resolve_hyperparams
 from .tasks import Task, make_task
 
-__all__ = ["SCHEDULES", "RunConfig", "execute", "make_schedule"]
+__all__ = ["SCHEDULES", "RunConfig", "RunPruned", "execute", "make_schedule"]
 
 #: A loss above ``DIVERGENCE_FACTOR * max(|initial loss|, 1)`` counts as exploding.
 DIVERGENCE_FACTOR = 1e3
 #: At most this many points of the training-loss curve and of 2-D trajectories are kept.
 MAX_POINTS = 400
+
+
+class RunPruned(Exception):
+    """Raised by an ``on_eval`` callback to stop a run early; the run ends as ``"pruned"``."""
 
 
 def _constant(lr: float, steps: int) -> schedules.Schedule:
@@ -225,14 +229,16 @@ def _gap(final: Mapping[str, float]) -> float | None:
 
 
 def execute(config: RunConfig, *, device: str | torch.device = "cpu",
-            threads: int | None = None) -> dict[str, Any]:
+            threads: int | None = None,
+            on_eval: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Run ``config`` and return its record.
 
     The record (a JSON-able dict):
 
     * ``key``, ``config`` (resolved: every hyperparameter explicit);
     * ``status``: ``"ok"``, ``"diverged"`` (non-finite or exploding loss, or a non-finite
-      gradient the optimizer refused) or ``"failed"`` (any other error; ``error`` says what);
+      gradient the optimizer refused), ``"pruned"`` (``on_eval`` raised :class:`RunPruned`)
+      or ``"failed"`` (any other error; ``error`` says what);
     * ``task_info``: kind, description, target, target_metric, n_train;
     * ``curve``: ``step``, ``time`` (training seconds, evaluations excluded) and mini-batch
       ``train_loss``, at most :data:`MAX_POINTS` points;
@@ -254,6 +260,9 @@ def execute(config: RunConfig, *, device: str | torch.device = "cpu",
         device: where to run.
         threads: ``torch.set_num_threads`` during the run (restored afterwards); the number of
             threads changes floating-point reduction order, so keep it fixed for determinism.
+        on_eval: called as ``on_eval(step, metrics)`` after every evaluation after step 0
+            (e.g. to report intermediate values to a tuner); raising :class:`RunPruned` ends
+            the run with status ``"pruned"``.
 
     Raises:
         ValueError: the config itself is invalid (unknown task, optimizer, option or
@@ -271,13 +280,14 @@ def execute(config: RunConfig, *, device: str | torch.device = "cpu",
         task.setup(config.seed, device)
         params = task.parameters()
         optimizer = build_optimizer(config.optimizer, params, config.hyperparams)
-        return _train(config, task, optimizer, device)
+        return _train(config, task, optimizer, device, on_eval)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _train(config: RunConfig, task: Task, optimizer: torch.optim.Optimizer,
-           device: torch.device) -> dict[str, Any]:
+           device: torch.device,
+           on_eval: Callable[[int, dict[str, float]], None] | None) -> dict[str, Any]:
     wall0 = time.perf_counter()
     info = task.info
     steps = int(config.steps)  # resolved
@@ -376,6 +386,10 @@ def _train(config: RunConfig, task: Task, optimizer: torch.optim.Optimizer,
                 if not math.isfinite(train_loss) or train_loss > limit:
                     status = "diverged"
                     error = f"training loss {train_loss:.4g} at step {step}"
+                elif on_eval is not None:
+                    on_eval(step, metrics)
+    except RunPruned as e:
+        status, error = "pruned", f"pruned at step {step}" + (f": {e}" if str(e) else "")
     except (NonFiniteGradientError, FloatingPointError) as e:
         status, error = "diverged", f"{type(e).__name__} at step {step + 1}: {e}"
     except Exception as e:  # recorded, so that the study goes on

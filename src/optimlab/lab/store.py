@@ -4,7 +4,8 @@ The default store is an embedded SQLite database (``sqlite:///path/to/results.db
 finished run is written in its own transaction the moment it finishes, keyed by its config's
 hash, so a study killed at any instant (SIGKILL included) keeps every run that had finished and
 never holds one twice; re-running the study skips them. SQLite's write-ahead log lets readers
-(``optimlab report``) work while a study writes.
+(``optimlab report``) work while a study writes. Tables are prefixed ``optimlab_`` so that the
+same database can hold other tools' tables (Optuna's tuning studies).
 
 The store is reached through :func:`open_store` and the small :class:`ResultStore` interface,
 so that a server database can be added behind a URL (``postgresql://...``) without touching
@@ -26,27 +27,27 @@ __all__ = ["DEFAULT_URL", "ResultStore", "SQLiteStore", "StoreError", "open_stor
 DEFAULT_URL = "sqlite:///optimlab-results/results.db"
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
+CREATE TABLE IF NOT EXISTS optimlab_runs (
     key      TEXT PRIMARY KEY,
     status   TEXT NOT NULL,
     config   TEXT NOT NULL,
     record   TEXT NOT NULL,
     finished REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS studies (
+CREATE TABLE IF NOT EXISTS optimlab_studies (
     name    TEXT PRIMARY KEY,
     spec    TEXT NOT NULL,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS study_runs (
+CREATE TABLE IF NOT EXISTS optimlab_study_runs (
     study TEXT NOT NULL,
     key   TEXT NOT NULL,
     label TEXT NOT NULL,
     pos   INTEGER NOT NULL,
     PRIMARY KEY (study, key)
 );
-CREATE TABLE IF NOT EXISTS meta (
+CREATE TABLE IF NOT EXISTS optimlab_meta (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
@@ -99,9 +100,11 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE name='version'").fetchone()
+            row = self._db.execute(
+                "SELECT value FROM optimlab_meta WHERE name='version'").fetchone()
             if row is None:
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)", (_VERSION,))
+                self._db.execute("INSERT OR IGNORE INTO optimlab_meta VALUES ('version', ?)",
+                                 (_VERSION,))
             elif row[0] != _VERSION:
                 raise StoreError(f"{self.path}: results database version {row[0]}, this "
                                  f"optimlab reads version {_VERSION}")
@@ -128,12 +131,12 @@ class SQLiteStore:
                    runs: Sequence[tuple[str, str]]) -> None:
         now = time.time()
         statements: list[tuple[str, Sequence[Any]]] = [
-            ("INSERT INTO studies VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+            ("INSERT INTO optimlab_studies VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
              "spec=excluded.spec, updated=excluded.updated",
              (name, json.dumps(spec, sort_keys=True), now, now)),
-            ("DELETE FROM study_runs WHERE study=?", (name,)),
+            ("DELETE FROM optimlab_study_runs WHERE study=?", (name,)),
         ]
-        statements += [("INSERT OR REPLACE INTO study_runs VALUES (?, ?, ?, ?)",
+        statements += [("INSERT OR REPLACE INTO optimlab_study_runs VALUES (?, ?, ?, ?)",
                         (name, key, label, i)) for i, (key, label) in enumerate(runs)]
         self._write(statements)
 
@@ -144,19 +147,19 @@ class SQLiteStore:
             chunk = keys[i:i + 500]
             marks = ",".join("?" * len(chunk))
             out.update(r[0] for r in self._db.execute(
-                f"SELECT key FROM runs WHERE key IN ({marks})", chunk))
+                f"SELECT key FROM optimlab_runs WHERE key IN ({marks})", chunk))
         return out
 
     def put_run(self, record: Mapping[str, Any]) -> bool:
         text = json.dumps(record)
         config = json.dumps(record["config"], sort_keys=True)
-        return self._write([("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?)",
+        return self._write([("INSERT OR IGNORE INTO optimlab_runs VALUES (?, ?, ?, ?, ?)",
                              (record["key"], record["status"], config, text,
                               time.time()))]) == 1
 
     def get_run(self, key: str) -> dict[str, Any] | None:
         """One stored run by key, or ``None``."""
-        row = self._db.execute("SELECT record FROM runs WHERE key=?", (key,)).fetchone()
+        row = self._db.execute("SELECT record FROM optimlab_runs WHERE key=?", (key,)).fetchone()
         return None if row is None else self._load(row[0], key)
 
     def _load(self, text: str, key: str) -> dict[str, Any]:
@@ -168,8 +171,9 @@ class SQLiteStore:
     def study_records(self, name: str) -> list[dict[str, Any]]:
         self.study_spec(name)  # raises for an unknown study
         rows = self._db.execute(
-            "SELECT r.record, s.label, r.key FROM study_runs s JOIN runs r ON r.key = s.key "
-            "WHERE s.study=? ORDER BY s.pos", (name,)).fetchall()
+            "SELECT r.record, s.label, r.key FROM optimlab_study_runs s "
+            "JOIN optimlab_runs r ON r.key = s.key WHERE s.study=? ORDER BY s.pos",
+            (name,)).fetchall()
         out = []
         for text, label, key in rows:
             record = self._load(text, key)
@@ -178,7 +182,7 @@ class SQLiteStore:
         return out
 
     def study_spec(self, name: str) -> dict[str, Any]:
-        row = self._db.execute("SELECT spec FROM studies WHERE name=?", (name,)).fetchone()
+        row = self._db.execute("SELECT spec FROM optimlab_studies WHERE name=?", (name,)).fetchone()
         if row is None:
             known = [s["name"] for s in self.studies()]
             raise StoreError(f"no study {name!r} in {self.url}; studies there: "
@@ -187,9 +191,10 @@ class SQLiteStore:
 
     def studies(self) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT st.name, st.updated, COUNT(sr.key), COUNT(r.key) FROM studies st "
-            "LEFT JOIN study_runs sr ON sr.study = st.name "
-            "LEFT JOIN runs r ON r.key = sr.key GROUP BY st.name ORDER BY st.updated").fetchall()
+            "SELECT st.name, st.updated, COUNT(sr.key), COUNT(r.key) FROM optimlab_studies st "
+            "LEFT JOIN optimlab_study_runs sr ON sr.study = st.name "
+            "LEFT JOIN optimlab_runs r ON r.key = sr.key "
+            "GROUP BY st.name ORDER BY st.updated").fetchall()
         return [{"name": n, "updated": u, "runs": total, "finished": done}
                 for n, u, total, done in rows]
 
