@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from labutil import stable
 
 from optimlab.lab.optimizers import (
     LAB_OPTIMIZERS,
@@ -15,16 +16,6 @@ from optimlab.lab.optimizers import (
     resolve_hyperparams,
 )
 from optimlab.lab.runs import SCHEDULES, RunConfig, execute, make_schedule
-
-TIMING = {"train_seconds", "wall_seconds", "time_to_target", "peak_memory_bytes"}
-
-
-def _stable(record: dict) -> dict:
-    """A record without its wall-clock measurements."""
-    out = {k: v for k, v in record.items() if k not in TIMING}
-    out["curve"] = {k: v for k, v in record["curve"].items() if k != "time"}
-    out["evals"] = {k: v for k, v in record["evals"].items() if k != "time"}
-    return out
 
 
 def test_a_record_has_every_field_and_is_json() -> None:
@@ -59,7 +50,7 @@ def test_runs_are_deterministic_for_a_seed_on_cpu() -> None:
     cfg = RunConfig("logreg-breast-cancer", "adam", {"lr": 0.01}, batch_size=16, steps=60,
                     seed=3)
     a, b = execute(cfg, threads=1), execute(cfg, threads=1)
-    assert _stable(a) == _stable(b)
+    assert stable(a) == stable(b)
     c = execute(RunConfig(**{**cfg.to_dict(), "seed": 4}), threads=1)
     assert c["curve"]["train_loss"] != a["curve"]["train_loss"]
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from labutil import stable
 
 from optimlab.lab.store import SQLiteStore, StoreError, open_store
 from optimlab.lab.study import (
@@ -21,15 +22,6 @@ from optimlab.lab.study import (
     plan,
     run_study,
 )
-
-TIMING = {"train_seconds", "wall_seconds", "time_to_target", "peak_memory_bytes"}
-
-
-def _stable(record: dict) -> dict:
-    out = {k: v for k, v in record.items() if k not in TIMING}
-    out["curve"] = {k: v for k, v in record["curve"].items() if k != "time"}
-    out["evals"] = {k: v for k, v in record["evals"].items() if k != "time"}
-    return out
 
 
 def _spec(**kw) -> dict:
@@ -167,7 +159,7 @@ def test_parallel_execution_gives_the_same_records(tmp_path: Path) -> None:
     run_study(spec, b, executor=ProcessExecutor(2))
     ra = sorted(a.study_records("s"), key=lambda r: r["key"])
     rb = sorted(b.study_records("s"), key=lambda r: r["key"])
-    assert [_stable(r) for r in ra] == [_stable(r) for r in rb]
+    assert [stable(r) for r in ra] == [stable(r) for r in rb]
 
 
 def test_the_store(tmp_path: Path) -> None:
@@ -248,4 +240,4 @@ def test_a_study_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_runs(
         rk, rc = k.study_records("killed"), c.study_records("killed")
     assert len(rk) == len(rc) == 18
     assert len({r["key"] for r in rk}) == 18  # none duplicated
-    assert [_stable(r) for r in rk] == [_stable(r) for r in rc]
+    assert [stable(r) for r in rk] == [stable(r) for r in rc]
