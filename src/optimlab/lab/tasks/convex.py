@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._common import check_batch_size, check_real, epoch_batches
 from .base import Batch, Task, TaskInfo
 from .registry import register
 
@@ -96,11 +97,8 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def _check_l2(l2: Any, *, allow_zero: bool) -> float:
-    if isinstance(l2, bool) or not isinstance(l2, (int, float, np.floating, np.integer)):
-        raise ValueError(f"option 'l2' must be a real number, got {l2!r}")
-    l2 = float(l2)
-    if not math.isfinite(l2):
-        raise ValueError(f"option 'l2' must be finite, got {l2!r}")
+    """``l2`` as a finite float, ``>= 0`` with ``allow_zero``, else ``> 0``."""
+    l2 = check_real("l2", l2)
     if l2 < 0 or (l2 == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0 (the optimum must exist and be unique)"
         raise ValueError(f"option 'l2' must be {bound}, got {l2}")
@@ -108,6 +106,7 @@ def _check_l2(l2: Any, *, allow_zero: bool) -> float:
 
 
 def _check_dtype(dtype: Any) -> torch.dtype:
+    """``dtype`` (a name such as ``"float32"`` or the torch dtype) as a torch dtype."""
     if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
         return dtype
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
@@ -194,7 +193,7 @@ class ConvexTask(Task):
     """An L2-regularized linear model on a scikit-learn data set (see the module docstring).
 
     Subclasses set ``dataset``, ``n_outputs``, ``classifier`` and implement
-    :meth:`_data_loss`, :meth:`_targets` and :meth:`_solve`.
+    :meth:`_data_loss` and :meth:`_solve`; a regression also overrides :meth:`_targets`.
 
     Attributes (after :meth:`setup`): ``x_train``, ``y_train``, ``x_val``, ``y_val``,
     ``x_test``, ``y_test`` (features in ``dtype``; class labels as ``int64``, the regression
@@ -220,8 +219,8 @@ class ConvexTask(Task):
     # -- subclass hooks
 
     def _targets(self, y: np.ndarray) -> Tensor:
-        """Targets as a tensor (float64 for real values, int64 for labels)."""
-        raise NotImplementedError
+        """Targets as a tensor: int64 class labels here; float64 values where overridden."""
+        return torch.from_numpy(np.asarray(y, dtype=np.int64))
 
     def _data_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         """Mean-reduced data loss of ``logits`` (shape ``(n, n_outputs)``)."""
@@ -303,23 +302,9 @@ class ConvexTask(Task):
     # -- data
 
     def batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        if batch_size is not None and (isinstance(batch_size, bool)
-                                       or not isinstance(batch_size, (int, np.integer))
-                                       or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        return self._batches(batch_size, generator)
-
-    def _batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        n = self.n_train
-        if batch_size is None or batch_size >= n:
-            while True:
-                yield self.x_train, self.y_train
-        device = self.x_train.device
-        while True:
-            perm = torch.randperm(n, generator=generator).to(device)
-            for start in range(0, n, batch_size):
-                idx = perm[start:start + batch_size]
-                yield self.x_train[idx], self.y_train[idx]
+        """Epoch-shuffled training batches (see the module docstring)."""
+        batch_size = check_batch_size(batch_size)
+        return epoch_batches(self.x_train, self.y_train, batch_size, generator)
 
     # -- metrics
 
@@ -350,9 +335,6 @@ class LogisticRegressionTask(ConvexTask):
     dataset = "breast_cancer"
     n_outputs = 1
     classifier = True
-
-    def _targets(self, y: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.asarray(y, dtype=np.int64))
 
     def _data_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype))
@@ -386,9 +368,6 @@ class SoftmaxRegressionTask(ConvexTask):
     dataset = "digits"
     n_outputs = 10
     classifier = True
-
-    def _targets(self, y: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.asarray(y, dtype=np.int64))
 
     def _data_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits, y)

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._common import check_min, check_real
 from .base import Batch, Task, TaskInfo
 from .registry import register
 
@@ -104,33 +105,18 @@ class Function2D:
 # ----------------------------------------------------------------------------- validation
 
 
-def _finite(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise ValueError(f"option {name!r} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"option {name!r} must be finite, got {value!r}")
-    return value
-
-
 def _check_start(start: Any) -> tuple[float, float]:
+    """``start`` (a sequence, array or tensor of two finite numbers) as a pair of floats."""
     if isinstance(start, (str, bytes)) or not isinstance(start, (Sequence, np.ndarray, Tensor)):
         raise ValueError(f"option 'start' must be a pair (x, y), got {start!r}")
     values = list(start.tolist()) if isinstance(start, (np.ndarray, Tensor)) else list(start)
     if len(values) != 2:
         raise ValueError(f"option 'start' must have length 2, got {len(values)}")
     try:
-        x, y = (_finite("start", v) for v in values)
+        x, y = (check_real("start", v) for v in values)
     except ValueError:
         raise ValueError(f"option 'start' must hold two finite numbers, got {start!r}") from None
     return (x, y)
-
-
-def _check_noise(noise: Any) -> float:
-    noise = _finite("noise", noise)
-    if noise < 0:
-        raise ValueError(f"option 'noise' must be >= 0, got {noise}")
-    return noise
 
 
 # ----------------------------------------------------------------------------- functions
@@ -141,10 +127,8 @@ def rosenbrock_function(a: float = 1.0, b: float = 100.0) -> Function2D:
 
     Standard start (-1.5, 2); the curved narrow valley makes plain gradient descent slow.
     """
-    a = _finite("a", a)
-    b = _finite("b", b)
-    if b <= 0:
-        raise ValueError(f"option 'b' must be > 0, got {b}")
+    a = check_real("a", a)
+    b = check_min("b", b, strict=True)
 
     def f(x: Tensor, y: Tensor) -> Tensor:
         return (a - x) ** 2 + b * (y - x**2) ** 2
@@ -213,9 +197,7 @@ def rastrigin_function(A: float = 10.0) -> Function2D:
     it means the run escaped every local minimum; a local method from the default start will
     usually get stuck near (3, -3) (f about 18) and not reach it.
     """
-    A = _finite("A", A)
-    if A < 0:
-        raise ValueError(f"option 'A' must be >= 0, got {A}")
+    A = check_min("A", A)
 
     def f(x: Tensor, y: Tensor) -> Tensor:
         return (2 * A + (x**2 - A * torch.cos(2 * math.pi * x))
@@ -258,10 +240,8 @@ def quadratic_function(condition_number: float = 100.0, angle: float = 30.0) -> 
     at the origin. Start (2, 1); box [-2.5, 2.5]^2. Gradient descent with step 1/kappa converges
     linearly at rate 1 - 1/kappa.
     """
-    kappa = _finite("condition_number", condition_number)
-    if kappa < 1:
-        raise ValueError(f"option 'condition_number' must be >= 1, got {kappa}")
-    angle = _finite("angle", angle)
+    kappa = check_min("condition_number", condition_number, 1)
+    angle = check_real("angle", angle)
     t = math.radians(angle)
     c, s = math.cos(t), math.sin(t)
     # A = R diag(1, kappa) R^T with R = [[c, -s], [s, c]].
@@ -306,7 +286,7 @@ class Function2DTask(Task):
     def __init__(self, function: Function2D, start: Any = None, noise: float = 0.0) -> None:
         self.function = function
         self.start = function.start if start is None else _check_start(start)
-        self.noise = _check_noise(noise)
+        self.noise = check_min("noise", noise)
         self.optimum = function.f_star
         suffix = f", gradient noise sigma={self.noise:g}" if self.noise > 0 else ""
         self.info = TaskInfo(

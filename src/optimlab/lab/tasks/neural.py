@@ -80,6 +80,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._common import (
+    build_seeded,
+    check_batch_size,
+    check_bool,
+    check_choice,
+    check_int,
+    check_interval,
+    check_min,
+    classification_metrics,
+    epoch_batches,
+)
 from .base import Batch, Task, TaskInfo
 from .convex import _load, _split, _standardize
 from .registry import register
@@ -108,77 +119,6 @@ LOSSES = ("mse", "huber", "l1")
 
 #: Magnitude range of the gross errors added to outlier targets in ``robust-regression``.
 OUTLIER_RANGE = (10.0, 20.0)
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"option {name!r} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"option {name!r} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"option {name!r} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"option {name!r} must be finite, got {value!r}")
-    return value
-
-
-def _check_fraction(name: str, value: Any) -> float:
-    value = _check_real(name, value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"option {name!r} must be in [0, 1), got {value}")
-    return value
-
-
-def _check_nonnegative(name: str, value: Any, *, strict: bool = False) -> float:
-    value = _check_real(name, value)
-    if value < 0 or (strict and value == 0):
-        raise ValueError(f"option {name!r} must be {'> 0' if strict else '>= 0'}, got {value}")
-    return value
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"option {name!r} must be one of {list(allowed)}, got {value!r}")
-    return value
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"option {name!r} must be True or False, got {value!r}")
-    return bool(value)
-
-
-def _check_batch_size(batch_size: Any) -> None:
-    if batch_size is not None and (isinstance(batch_size, bool)
-                                   or not isinstance(batch_size, (int, np.integer))
-                                   or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-
-
-def _epoch_batches(x: Tensor, y: Tensor, batch_size: int | None, generator: torch.Generator,
-                   min_size: int = 1) -> Iterator[Batch]:
-    """Endless ``(x, y)`` batches: a fresh permutation from ``generator`` every epoch, cut
-    into consecutive batches (the last may be smaller; one below ``min_size`` is skipped).
-    ``batch_size=None`` or ``>= len(x)`` yields the whole data, in stored order, every time."""
-    n = len(x)
-    if batch_size is None or batch_size >= n:
-        while True:
-            yield x, y
-    device = x.device
-    while True:
-        perm = torch.randperm(n, generator=generator).to(device)
-        for start in range(0, n, batch_size):
-            idx = perm[start:start + batch_size]
-            if len(idx) >= min_size:
-                yield x[idx], y[idx]
-
 
 # ----------------------------------------------------------------------------- digits
 
@@ -271,10 +211,7 @@ class DigitsTask(Task):
             torch.from_numpy(np.asarray(y[i], dtype=np.int64)).to(device)
             for i in (i_train, i_val, i_test))
         self.n_train = len(i_train)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = self._build_model()
-        self.model = model.to(device)
+        self.model = build_seeded(seed, self._build_model).to(device)
 
     def loss(self, batch: Batch) -> Tensor:
         x, y = batch
@@ -286,24 +223,18 @@ class DigitsTask(Task):
         return F.cross_entropy(self.model(self.x_train), self.y_train)
 
     def batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        _check_batch_size(batch_size)
+        """Epoch-shuffled training batches of at least ``min_batch`` (module docstring)."""
+        batch_size = check_batch_size(batch_size)
         if self.min_batch > 1 and batch_size is not None and batch_size < self.min_batch:
             raise ValueError(f"batch_size must be >= {self.min_batch} for "
                              f"{self.info.name} with batch norm, got {batch_size}")
-        return _epoch_batches(self.x_train, self.y_train, batch_size, generator,
-                              min_size=self.min_batch)
+        return epoch_batches(self.x_train, self.y_train, batch_size, generator,
+                             min_size=self.min_batch)
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Loss and accuracy per split in eval mode, and the generalization gap."""
         self.model.eval()
-        metrics: dict[str, float] = {}
-        for split in ("train", "val", "test"):
-            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            logits = self.model(x)
-            metrics[f"{split}_loss"] = float(F.cross_entropy(logits, y))
-            metrics[f"{split}_accuracy"] = float((logits.argmax(-1) == y).float().mean())
-        metrics["generalization_gap"] = metrics["test_loss"] - metrics["train_loss"]
-        return metrics
+        return classification_metrics(self)
 
 
 class MLPDigitsTask(DigitsTask):
@@ -312,12 +243,12 @@ class MLPDigitsTask(DigitsTask):
     def __init__(self, *, depth: int = 2, width: int = 64, init: str = "default",
                  batchnorm: bool = False, dropout: float = 0.0, activation: str = "relu",
                  steps: int, target: float) -> None:
-        self.depth = _check_int("depth", depth, 1)
-        self.width = _check_int("width", width, 1)
-        self.init = _check_choice("init", init, INITS)
-        self.batchnorm = _check_bool("batchnorm", batchnorm)
-        self.dropout = _check_fraction("dropout", dropout)
-        self.activation = _check_choice("activation", activation, ACTIVATIONS)
+        self.depth = check_int("depth", depth, 1)
+        self.width = check_int("width", width, 1)
+        self.init = check_choice("init", init, INITS)
+        self.batchnorm = check_bool("batchnorm", batchnorm)
+        self.dropout = check_interval("dropout", dropout, 0, 1)
+        self.activation = check_choice("activation", activation, ACTIVATIONS)
         self.min_batch = 2 if self.batchnorm else 1
         extras = "".join([f", init={self.init}" if self.init != "default" else "",
                           ", batchnorm" if self.batchnorm else "",
@@ -341,7 +272,7 @@ class DigitsCNNTask(DigitsTask):
     """A small CNN (:class:`DigitsCNN`) on the digits as ``1 x 8 x 8`` images."""
 
     def __init__(self, *, channels: int = 16, steps: int, target: float) -> None:
-        self.channels = _check_int("channels", channels, 1)
+        self.channels = check_int("channels", channels, 1)
         super().__init__(
             name="cnn-digits", steps=steps, target=target,
             description=f"CNN on 8x8 digits (conv {self.channels}/{2 * self.channels}, "
@@ -404,12 +335,12 @@ class RobustRegressionTask(Task):
     def __init__(self, *, n: int = 1000, d: int = 10, noise: float = 0.1,
                  outliers: float = 0.1, loss: str = "huber", delta: float = 1.0,
                  steps: int = 3000) -> None:
-        self.n = _check_int("n", n, 10)
-        self.d = _check_int("d", d, 1)
-        self.noise = _check_nonnegative("noise", noise)
-        self.outliers = _check_fraction("outliers", outliers)
-        self.loss_kind = _check_choice("loss", loss, LOSSES)
-        self.delta = _check_nonnegative("delta", delta, strict=True)
+        self.n = check_int("n", n, 10)
+        self.d = check_int("d", d, 1)
+        self.noise = check_min("noise", noise)
+        self.outliers = check_interval("outliers", outliers, 0, 1)
+        self.loss_kind = check_choice("loss", loss, LOSSES)
+        self.delta = check_min("delta", delta, strict=True)
         self.n_train = len(_split(self.n, 0)[0])
         self.n_outliers = round(self.outliers * self.n_train)
         #: mean and standard deviation (over the noise) of the training loss of the true
@@ -450,10 +381,7 @@ class RobustRegressionTask(Task):
         self.b_true = f32(np.asarray(b_true))
         self.outlier_mask = torch.from_numpy(mask).to(device)
         self.n_train = len(i_train)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = nn.Linear(self.d, 1)
-        self.model = model.to(device)
+        self.model = build_seeded(seed, lambda: nn.Linear(self.d, 1)).to(device)
 
     def _loss(self, x: Tensor, y: Tensor) -> Tensor:
         residual = self.model(x).squeeze(-1) - y
@@ -467,8 +395,9 @@ class RobustRegressionTask(Task):
         return self._loss(self.x_train, self.y_train)
 
     def batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        _check_batch_size(batch_size)
-        return _epoch_batches(self.x_train, self.y_train, batch_size, generator)
+        """Epoch-shuffled training batches (module docstring)."""
+        batch_size = check_batch_size(batch_size)
+        return epoch_batches(self.x_train, self.y_train, batch_size, generator)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

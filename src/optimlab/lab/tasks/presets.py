@@ -78,6 +78,7 @@ import math
 import os
 import pickle
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._common import (
+    build_seeded,
+    check_batch_size,
+    check_int,
+    check_interval,
+    epoch_indices,
+    window_batches,
+)
 from .base import Batch, Task, TaskInfo
 from .registry import register
 
@@ -110,38 +119,12 @@ CROP_PADDING = 4
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_int(name: str, value: Any, *, minimum: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"option {name!r} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"option {name!r} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_float(name: str, value: Any, *, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"option {name!r} must be a real number, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and low <= value < high):
-        raise ValueError(f"option {name!r} must be in [{low}, {high}), got {value}")
-    return value
-
-
 def _check_path(name: str, value: Any) -> Path:
+    """``value`` (a non-empty ``str`` or ``os.PathLike``) as a user-expanded ``Path``."""
     if not isinstance(value, (str, os.PathLike)) or not str(value):
         raise ValueError(f"option {name!r} must be a local path (str or os.PathLike), "
                          f"got {value!r}")
     return Path(value).expanduser()
-
-
-def _batch_size(batch_size: Any) -> int | None:
-    if batch_size is not None and (isinstance(batch_size, bool)
-                                   or not isinstance(batch_size, (int, np.integer))
-                                   or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-    return None if batch_size is None else int(batch_size)
 
 
 # ----------------------------------------------------------------------------- CIFAR-10 data
@@ -151,15 +134,22 @@ def _cifar_expected() -> str:
     return ", ".join(CIFAR10_FILES)
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    where = f"CIFAR-10 batch {str(path)!r}"
+def _unpickle(path: Path, where: str, hint: str = "") -> Any:
+    """The pickle at ``path`` (read with ``encoding="bytes"``); one that cannot be read raises
+    ``ValueError``: ``"{where} is not a readable pickle (error){hint}"``."""
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            return pickle.load(f, encoding="bytes")
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             ImportError, IndexError) as e:
-        raise ValueError(f"{where} is not a readable pickle ({type(e).__name__}: {e}); "
-                         "expected the CIFAR-10 python format") from None
+        raise ValueError(f"{where} is not a readable pickle ({type(e).__name__}: {e}){hint}"
+                         ) from None
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int64 of one CIFAR-10 batch file."""
+    where = f"CIFAR-10 batch {str(path)!r}"
+    d = _unpickle(path, where, "; expected the CIFAR-10 python format")
     if not isinstance(d, dict):
         raise ValueError(f"{where} holds a {type(d).__name__}, expected a dict with "
                          "b'data' and b'labels'")
@@ -206,13 +196,7 @@ def load_cifar10(root: str | os.PathLike[str]) -> dict[str, Any]:
     parts = [_read_cifar_batch(root / name) for name in CIFAR10_TRAIN_FILES]
     x_test, y_test = _read_cifar_batch(root / "test_batch")
     meta_path = root / "batches.meta"
-    try:
-        with open(meta_path, "rb") as f:
-            meta = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            ImportError, IndexError) as e:
-        raise ValueError(f"CIFAR-10 meta file {str(meta_path)!r} is not a readable pickle "
-                         f"({type(e).__name__}: {e})") from None
+    meta = _unpickle(meta_path, f"CIFAR-10 meta file {str(meta_path)!r}")
     names = meta.get(b"label_names") if isinstance(meta, dict) else None
     if names is None:
         label_names = [f"class_{i}" for i in range(CIFAR10_CLASSES)]
@@ -295,12 +279,6 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def _build_on_cpu(seed: int, build: Any) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
 # ----------------------------------------------------------------------------- CIFAR task
 
 
@@ -321,15 +299,15 @@ class CifarResNetTask(Task):
         if not isinstance(augment, bool):
             raise ValueError(f"option 'augment' must be True or False, got {augment!r}")
         self.augment = augment
-        self.val_size = _check_int("val_size", val_size, minimum=0)
+        self.val_size = check_int("val_size", val_size, 0)
         if isinstance(width, bool) or not isinstance(width, (int, float)) or not (
                 math.isfinite(width) and width > 0):
             raise ValueError(f"option 'width' must be a positive number, got {width!r}")
         self.width = float(width)
-        self.full_batch_size = _check_int("full_batch_size", full_batch_size, minimum=1)
-        self.eval_size = _check_int("eval_size", eval_size, minimum=1, allow_none=True)
-        self.eval_batch_size = _check_int("eval_batch_size", eval_batch_size, minimum=1)
-        steps = _check_int("steps", steps, minimum=1)
+        self.full_batch_size = check_int("full_batch_size", full_batch_size, 1)
+        self.eval_size = None if eval_size is None else check_int("eval_size", eval_size, 1)
+        self.eval_batch_size = check_int("eval_batch_size", eval_batch_size, 1)
+        steps = check_int("steps", steps, 1)
         _check_cifar_folder(self.root)  # fail early; the files are parsed in setup()
         self.info = TaskInfo(
             name="resnet18-cifar10",
@@ -370,31 +348,30 @@ class CifarResNetTask(Task):
         self.label_names = data["label_names"]
         self._fill = (-mean / std).view(3).to(device)  # a black pixel, normalized
         self.n_train = len(self.x_train)
-        self.model = _build_on_cpu(seed, lambda: ResNet18(CIFAR10_CLASSES, self.width)).to(
+        self.model = build_seeded(seed, lambda: ResNet18(CIFAR10_CLASSES, self.width)).to(
             device)
         self.model.train()
 
     def batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        return self._batches(_batch_size(batch_size), generator)
+        """Epoch-shuffled, augmented batches, or the objective batch (module docstring)."""
+        return self._batches(check_batch_size(batch_size), generator)
 
     def _batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
+        """The stream of :meth:`batches` (a generator, after the check)."""
         if batch_size is None:
             k = min(self.full_batch_size, self.n_train)
             while True:
                 yield self.x_train[:k], self.y_train[:k]
-        device = self.x_train.device
-        n = self.n_train
-        while True:
-            perm = torch.randperm(n, generator=generator)
-            for start in range(0, n, batch_size):
-                idx = perm[start:start + batch_size]
-                x = self.x_train[idx.to(device)]
-                if self.augment:
-                    offsets = torch.randint(0, 2 * CROP_PADDING + 1, (len(idx), 2),
-                                            generator=generator)
-                    flips = torch.rand(len(idx), generator=generator) < 0.5
-                    x = augment_batch(x, offsets, flips, self._fill)
-                yield x, self.y_train[idx.to(device)]
+        for idx in epoch_indices(self.n_train, batch_size, generator, self.x_train.device):
+            yield self._augment(self.x_train[idx], generator), self.y_train[idx]
+
+    def _augment(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """``x`` randomly cropped and flipped (draws from ``generator``) if ``augment``."""
+        if not self.augment:
+            return x
+        offsets = torch.randint(0, 2 * CROP_PADDING + 1, (len(x), 2), generator=generator)
+        flips = torch.rand(len(x), generator=generator) < 0.5
+        return augment_batch(x, offsets, flips, self._fill)
 
     def loss(self, batch: Batch) -> Tensor:
         x, y = batch
@@ -506,21 +483,21 @@ class GPTTextFileTask(Task):
                  heads: int = 4, val_fraction: float = 0.05, test_fraction: float = 0.05,
                  eval_windows: int = 64, steps: int = 5000) -> None:
         self.path = _check_path("path", path)
-        self.context = _check_int("context", context, minimum=1)
-        self.layers = _check_int("layers", layers, minimum=1)
-        self.d_model = _check_int("d_model", d_model, minimum=1)
-        self.heads = _check_int("heads", heads, minimum=1)
+        self.context = check_int("context", context, 1)
+        self.layers = check_int("layers", layers, 1)
+        self.d_model = check_int("d_model", d_model, 1)
+        self.heads = check_int("heads", heads, 1)
         if self.d_model % self.heads:
             raise ValueError(f"option 'd_model' ({self.d_model}) must be divisible by option "
                              f"'heads' ({self.heads})")
-        self.val_fraction = _check_float("val_fraction", val_fraction, low=0.0, high=1.0)
-        self.test_fraction = _check_float("test_fraction", test_fraction, low=0.0, high=1.0)
+        self.val_fraction = check_interval("val_fraction", val_fraction, 0.0, 1.0, finite=False)
+        self.test_fraction = check_interval("test_fraction", test_fraction, 0.0, 1.0, finite=False)
         if not (self.val_fraction > 0 and self.test_fraction > 0
                 and self.val_fraction + self.test_fraction < 1):
             raise ValueError("options 'val_fraction' and 'test_fraction' must be > 0 with a sum "
                              f"< 1, got {self.val_fraction} and {self.test_fraction}")
-        self.eval_windows = _check_int("eval_windows", eval_windows, minimum=1)
-        steps = _check_int("steps", steps, minimum=1)
+        self.eval_windows = check_int("eval_windows", eval_windows, 1)
+        steps = check_int("steps", steps, 1)
         self._check_file()
         self.info = TaskInfo(
             name="gpt-textfile",
@@ -568,7 +545,7 @@ class GPTTextFileTask(Task):
         self._offsets = torch.arange(self.context + 1, device=device)
         self._fixed = {name: self._fixed_windows(data) for name, data in (
             ("train", self.train_data), ("val", self.val_data), ("test", self.test_data))}
-        self.model = _build_on_cpu(seed, lambda: GPT(256, self.context, self.layers,
+        self.model = build_seeded(seed, lambda: GPT(256, self.context, self.layers,
                                                      self.d_model, self.heads)).to(device)
 
     def _windows(self, data: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
@@ -581,16 +558,10 @@ class GPTTextFileTask(Task):
         return self._windows(data, starts)
 
     def batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        return self._batches(_batch_size(batch_size), generator)
-
-    def _batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        if batch_size is None:
-            while True:
-                yield self._fixed["train"]
-        high = len(self.train_data) - self.context  # starts in [0, high)
-        while True:
-            starts = torch.randint(0, high, (batch_size,), generator=generator)
-            yield self._windows(self.train_data, starts)
+        """Windows at uniformly random starts, or the objective batch (module docstring)."""
+        batch_size = check_batch_size(batch_size)
+        return window_batches(self._fixed["train"], len(self.train_data) - self.context,
+                              batch_size, generator, partial(self._windows, self.train_data))
 
     def loss(self, batch: Batch) -> Tensor:
         x, y = batch

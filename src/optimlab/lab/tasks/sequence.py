@@ -74,14 +74,21 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from functools import cache
-from typing import Any
+from functools import cache, partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._common import (
+    build_seeded,
+    check_batch_size,
+    check_int,
+    classification_metrics,
+    epoch_batches,
+    window_batches,
+)
 from .base import Batch, Task, TaskInfo
 from .registry import register
 
@@ -99,24 +106,6 @@ __all__ = [
     "stdlib_text",
     "transformer_charlm",
 ]
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"option {name!r} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"option {name!r} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_batch_size(batch_size: Any) -> None:
-    if batch_size is not None and (isinstance(batch_size, bool)
-                                   or not isinstance(batch_size, (int, np.integer))
-                                   or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-
 
 # ----------------------------------------------------------------------------- MNIST-1D
 
@@ -211,10 +200,10 @@ class MNIST1DTask(Task):
 
     def __init__(self, *, n_train: int = 4000, n_val: int = 500, n_test: int = 1000,
                  channels: int = 32) -> None:
-        self.n_train_opt = _check_int("n_train", n_train, 10)
-        self.n_val = _check_int("n_val", n_val, 1)
-        self.n_test = _check_int("n_test", n_test, 1)
-        self.channels = _check_int("channels", channels, 1)
+        self.n_train_opt = check_int("n_train", n_train, 10)
+        self.n_val = check_int("n_val", n_val, 1)
+        self.n_test = check_int("n_test", n_test, 1)
+        self.channels = check_int("channels", channels, 1)
         self.n_train = self.n_train_opt
         self.info = TaskInfo(
             name="mnist1d-cnn", kind="neural", steps=3000, target=0.1,
@@ -233,10 +222,7 @@ class MNIST1DTask(Task):
         ys = [torch.tensor(y[s]) for s in (slice(0, a), slice(a, b), slice(b, n))]
         self.x_train, self.x_val, self.x_test = (t.to(device) for t in xs)
         self.y_train, self.y_val, self.y_test = (t.to(device) for t in ys)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = MNIST1DCNN(self.channels)
-        self.model = model.to(device)
+        self.model = build_seeded(seed, lambda: MNIST1DCNN(self.channels)).to(device)
 
     def loss(self, batch: Batch) -> Tensor:
         x, y = batch
@@ -246,31 +232,13 @@ class MNIST1DTask(Task):
         return self.loss((self.x_train, self.y_train))
 
     def batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        _check_batch_size(batch_size)
-        return self._batches(batch_size, generator)
+        """Epoch-shuffled training batches (see the module docstring)."""
+        batch_size = check_batch_size(batch_size)
+        return epoch_batches(self.x_train, self.y_train, batch_size, generator)
 
-    def _batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        n = self.n_train
-        if batch_size is None or batch_size >= n:
-            while True:
-                yield self.x_train, self.y_train
-        device = self.x_train.device
-        while True:
-            perm = torch.randperm(n, generator=generator).to(device)
-            for start in range(0, n, batch_size):
-                idx = perm[start:start + batch_size]
-                yield self.x_train[idx], self.y_train[idx]
-
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        for split in ("train", "val", "test"):
-            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            logits = self.model(x)
-            metrics[f"{split}_loss"] = float(F.cross_entropy(logits, y))
-            metrics[f"{split}_accuracy"] = float((logits.argmax(-1) == y).float().mean())
-        metrics["generalization_gap"] = metrics["test_loss"] - metrics["train_loss"]
-        return metrics
+        """Loss and accuracy per split and the generalization gap (module docstring)."""
+        return classification_metrics(self)
 
 
 # ----------------------------------------------------------------------------- char LMs
@@ -357,9 +325,9 @@ class CharLMTask(Task):
     def __init__(self, *, name: str, arch: str, n_chars: int = 200_000, context: int = 64,
                  eval_windows: int = 256, steps: int, target: float) -> None:
         self.arch = arch
-        self.context = _check_int("context", context, 1)
-        self.n_chars = _check_int("n_chars", n_chars, 1)
-        self.eval_windows = _check_int("eval_windows", eval_windows, 1)
+        self.context = check_int("context", context, 1)
+        self.n_chars = check_int("n_chars", n_chars, 1)
+        self.eval_windows = check_int("eval_windows", eval_windows, 1)
         # Every split must hold at least one window plus its next character.
         shortest = min(round(TRAIN_FRACTION * self.n_chars), round(VAL_FRACTION * self.n_chars),
                        self.n_chars - round(TRAIN_FRACTION * self.n_chars)
@@ -391,13 +359,13 @@ class CharLMTask(Task):
         self._eval = {split: self._windows(getattr(self, f"{split}_data"),
                                            self._even_starts(getattr(self, f"{split}_data")))
                       for split in ("train", "val", "test")}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            if self.arch == "gru":
-                model: nn.Module = GRULanguageModel(len(self.vocab))
-            else:
-                model = TransformerLanguageModel(len(self.vocab), self.context)
-        self.model = model.to(device)
+        self.model = build_seeded(seed, self._build_model).to(device)
+
+    def _build_model(self) -> nn.Module:
+        """The GRU or Transformer LM for ``arch`` (called under the seed)."""
+        if self.arch == "gru":
+            return GRULanguageModel(len(self.vocab))
+        return TransformerLanguageModel(len(self.vocab), self.context)
 
     def _even_starts(self, data: Tensor) -> Tensor:
         last = len(data) - self.context - 1
@@ -418,17 +386,10 @@ class CharLMTask(Task):
         return self.loss(self._eval["train"])
 
     def batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        _check_batch_size(batch_size)
-        return self._batches(batch_size, generator)
-
-    def _batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        if batch_size is None:
-            while True:
-                yield self._eval["train"]
-        high = len(self.train_data) - self.context  # starts in [0, high)
-        while True:
-            starts = torch.randint(0, high, (batch_size,), generator=generator)
-            yield self._windows(self.train_data, starts)
+        """Windows at uniformly random starts, or the evaluation batch (module docstring)."""
+        batch_size = check_batch_size(batch_size)
+        return window_batches(self._eval["train"], len(self.train_data) - self.context,
+                              batch_size, generator, partial(self._windows, self.train_data))
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
