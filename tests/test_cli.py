@@ -29,7 +29,7 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
                           text=True, check=False, cwd=cwd)
 
 
-@pytest.mark.parametrize("command", ["list", "run", "compare", "report"])
+@pytest.mark.parametrize("command", ["list", "run", "compare", "report", "lr-find"])
 def test_every_command_has_help_with_examples(command: str) -> None:
     r = _cli(command, "--help")
     assert r.returncode == 0
@@ -58,11 +58,14 @@ def test_list_shows_tasks_optimizers_and_schedules(capsys: pytest.CaptureFixture
      "--workers"),
     (["compare", "--study", "missing.toml"], "cannot read study file"),
     (["report", "--study", "nope"], "no study 'nope'"),
+    (["lr-find", "--task", "quadratic", "--start-lr", "1", "--end-lr", "0.1"], "start_lr"),
+    (["lr-find", "--task", "quadratic", "--rule", "guess"], "rule"),
     (["report", "--store", "postgresql://x/y"], "unsupported results-store URL"),
 ])
 def test_bad_input_is_one_clear_error_line(tmp_path: Path, args: list[str], needle: str) -> None:
-    r = _cli(*args, "--store", f"sqlite:///{tmp_path / 'r.db'}", cwd=tmp_path) \
-        if "--store" not in args else _cli(*args, cwd=tmp_path)
+    if "--store" not in args and args[0] != "lr-find":
+        args = [*args, "--store", f"sqlite:///{tmp_path / 'r.db'}"]
+    r = _cli(*args, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
@@ -122,3 +125,12 @@ def test_readme_python_examples_run() -> None:
     assert len(blocks) >= 2
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+
+
+def test_lr_find_writes_its_plot(tmp_path: Path) -> None:
+    r = _cli("lr-find", "--task", "logreg-breast-cancer", "--batch-size", "full", "--steps",
+             "40", "--end-lr", "1000", "--out", str(tmp_path / "lrf"))
+    assert r.returncode == 0, r.stderr
+    assert "suggested lr" in r.stdout and "optimlab run --task logreg-breast-cancer" in r.stdout
+    assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 1000
+    assert (tmp_path / "lrf" / "lr_find.json").exists()

@@ -11,11 +11,12 @@ Quick start::
                    lr=1e-3)
 """
 
-from . import averaging, lookahead, precision, schedules, telemetry, transforms
+from . import averaging, lookahead, lr_finder, precision, schedules, telemetry, transforms
 from .accumulation import GradientAccumulator
 from .averaging import EMA, SWA, SWALR, WeightAverage, update_bn
 from .chain import NONFINITE_POLICIES, ChainOptimizer, NonFiniteGradientError, chain
 from .lookahead import Lookahead
+from .lr_finder import LRFinderResult, lr_range_test
 from .optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
 from .precision import stochastic_round, stochastic_round_
 from .schedules import ReduceOnPlateau, ScheduledHyperparameter, ScheduledLR
@@ -50,6 +51,7 @@ __all__ = [
     "Adamax",
     "ChainOptimizer",
     "GradientAccumulator",
+    "LRFinderResult",
     "Lookahead",
     "NAdam",
     "NonFiniteGradientError",
@@ -63,6 +65,8 @@ __all__ = [
     "averaging",
     "chain",
     "lookahead",
+    "lr_finder",
+    "lr_range_test",
     "precision",
     "schedules",
     "stochastic_round",

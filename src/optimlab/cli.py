@@ -24,7 +24,8 @@ EXAMPLES = {
   optimlab list                         # tasks, optimizers, schedules
   optimlab run --task rosenbrock --optimizer adam --lr 0.05
   optimlab compare --tasks mlp-digits --optimizers sgd,adam --batch-size full,1,32
-  optimlab report --study default --out report/""",
+  optimlab report --study default --out report/
+  optimlab lr-find --task mlp-digits --optimizer sgd""",
     "run": """examples:
   optimlab run --task rosenbrock --optimizer adam --lr 0.05
   optimlab run --task mlp-digits --optimizer sgd --lr 0.1 --hp momentum=0.9 --batch-size 64
@@ -42,6 +43,14 @@ A study is resumable: run the same command again and finished runs are skipped."
   optimlab report                          # list the studies in the store
   optimlab report --study default          # write its report to optimlab-results/default/
   optimlab report --study default --out report/ --store sqlite:///runs/all.db""",
+    "lr-find": """examples:
+  optimlab lr-find --task mlp-digits --optimizer sgd
+  optimlab lr-find --task logreg-breast-cancer --optimizer adam --batch-size full --end-lr 100
+  optimlab lr-find --task mlp-digits --optimizer sgd --hp momentum=0.9 --rule steepest
+
+The learning rate grows exponentially from --start-lr to --end-lr over --steps steps; the
+smoothed loss is plotted against it and a learning rate is suggested (valley, steepest or
+min_loss_div10 rule). The test stops when the loss diverges.""",
     "list": """examples:
   optimlab list
   optimlab list tasks""",
@@ -258,6 +267,30 @@ def _print_run(record: dict[str, Any]) -> None:
           f"parameters; store key {record['key']}")
 
 
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from .lab.lrfind import find_lr, write_lr_find_report
+
+    hyper = _pairs(args.hp, "--hp")
+    hyper.pop("lr", None)
+    result = find_lr(args.task, args.optimizer, task_options=_pairs(args.task_option,
+                                                                   "--task-option"),
+                     hyperparams=hyper, batch_size=args.batch_size, seed=args.seed,
+                     start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps,
+                     rule=args.rule)
+    out = Path(args.out) if args.out else (
+        Path("optimlab-results") / _safe_dirname(f"lr-find-{args.task}-{args.optimizer}"))
+    meta = {"task": args.task, "optimizer": args.optimizer, "hyperparams": hyper,
+            "batch_size": args.batch_size, "seed": args.seed}
+    plot = write_lr_find_report(result, out, f"lr-find: {args.optimizer} on {args.task}",
+                                meta=meta)
+    print(f"{args.optimizer} on {args.task}: {result.summary()}")
+    print(f"plot: {plot}")
+    if result.suggestion is not None:
+        print(f"try: optimlab run --task {args.task} --optimizer {args.optimizer} "
+              f"--lr {result.suggestion:.3g}")
+    return 0
+
+
 def _default_spec() -> dict[str, Any]:
     from .lab.study import load_study_file
     path = Path(__file__).parent / "lab" / "studies" / "default.toml"
@@ -414,6 +447,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="only run and store")
     store_arg(p)
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test on a task",
+                       description="The learning-rate range test (Smith, 2017): train briefly "
+                                   "with an exponentially growing learning rate and suggest one.",
+                       epilog=EXAMPLES["lr-find"], formatter_class=raw)
+    p.add_argument("--task", required=True, help="task name (optimlab list tasks)")
+    p.add_argument("--optimizer", default="sgd", help="optimizer name (default sgd)")
+    p.add_argument("--hp", action="append", metavar="KEY=VALUE",
+                   help="another hyperparameter, e.g. --hp momentum=0.9")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                   help="a task option, e.g. --task-option depth=3")
+    p.add_argument("--batch-size", default=32, help="'full', 1 or k (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start-lr", type=float, default=1e-6)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--steps", type=int, default=100, help="steps of the test (default 100)")
+    p.add_argument("--rule", default="valley", help="valley, steepest or min_loss_div10")
+    p.add_argument("--out", help="folder for lr_find.png and lr_find.json")
+    p.set_defaults(func=_cmd_lr_find)
 
     p = sub.add_parser("report", help="write the report of a stored study",
                        description="Write the HTML report, summary.md and results.csv/json of "
