@@ -74,13 +74,14 @@ __all__ = [
 def html_report(records: Sequence[Mapping[str, Any]], *, title: str = "optimlab report",
                 study: Mapping[str, Any] | None = None,
                 environment: Mapping[str, Any] | None = None,
-                progress: Callable[[str], None] | None = None) -> tuple[str, int]:
+                progress: Callable[[str], None] | None = None,
+                tuning: Sequence[Mapping[str, Any]] | None = None) -> tuple[str, int]:
     """The report page as HTML text and the number of plots it holds (see
     :func:`write_report`; needs matplotlib)."""
     from .render import html_report as render
 
     return render(records, title=title, study=study, environment=environment,
-                  progress=progress)
+                  progress=progress, tuning=tuning)
 
 
 def _cell(value: Any) -> Any:
@@ -127,7 +128,8 @@ def results_csv_rows(records: Sequence[Mapping[str, Any]]) -> tuple[list[str], l
 def write_report(records: list[dict[str, Any]], out_dir: str | Path, *,
                  title: str = "optimlab report", study: dict[str, Any] | None = None,
                  environment: dict[str, Any] | None = None,
-                 progress: Callable[[str], None] | None = None) -> Path:
+                 progress: Callable[[str], None] | None = None,
+                 tuning: list[dict[str, Any]] | None = None) -> Path:
     """Write ``index.html`` (self-contained), ``summary.md``, ``results.csv`` and
     ``results.json`` into ``out_dir`` (created if needed); return the ``index.html`` path.
 
@@ -138,13 +140,16 @@ def write_report(records: list[dict[str, Any]], out_dir: str | Path, *,
         study: the study description, shown as JSON in the environment section.
         environment: versions and machine facts (``{"python": "3.12.1", ...}``), a table.
         progress: called with a short message once per section (for a CLI progress line).
+        tuning: trials of a tuning (:func:`optimlab.lab.tune.tuning_history`): adds a
+            "Tuning" section (history, learning-rate sensitivity, best configurations) and a
+            ``"tuning"`` list to ``results.json``.
     """
     say = progress or (lambda msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     page, _ = html_report(records, title=title, study=study, environment=environment,
-                          progress=say)
+                          progress=say, tuning=tuning)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     say("summary.md, results.csv, results.json")
@@ -158,6 +163,8 @@ def write_report(records: list[dict[str, Any]], out_dir: str | Path, *,
         writer.writerows(rows)
     payload = {"title": title, "study": json_safe(study), "environment": json_safe(environment),
                "records": json_safe(list(records))}
+    if tuning:
+        payload["tuning"] = json_safe(list(tuning))
     (out / "results.json").write_text(
         json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":")) + "\n",
         encoding="utf-8")

@@ -46,7 +46,8 @@ def _context(records: Sequence[Mapping[str, Any]]) -> Context:
 def html_report(records: Sequence[Mapping[str, Any]], *, title: str = "optimlab report",
                 study: Mapping[str, Any] | None = None,
                 environment: Mapping[str, Any] | None = None,
-                progress: Callable[[str], None] | None = None) -> tuple[str, int]:
+                progress: Callable[[str], None] | None = None,
+                tuning: Sequence[Mapping[str, Any]] | None = None) -> tuple[str, int]:
     """The report page as HTML text and the number of plots it holds (see
     :func:`optimlab.lab.report.write_report`)."""
     say = progress or (lambda msg: None)
@@ -80,6 +81,11 @@ def html_report(records: Sequence[Mapping[str, Any]], *, title: str = "optimlab 
         else:
             page.heading(2, "overview", "Overview")
             page.para("No runs to report.")
+        if tuning:
+            from .tuning import tuning_section
+
+            say("tuning")
+            tuning_section(page, tuning, ctx.styles)
         say("environment")
         environment_section(page, ctx, study, environment)
     return page.render(Markup(header)), page.n_figures
