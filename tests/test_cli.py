@@ -29,7 +29,8 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
                           text=True, check=False, cwd=cwd)
 
 
-@pytest.mark.parametrize("command", ["list", "run", "compare", "report", "lr-find"])
+@pytest.mark.parametrize("command", ["list", "run", "compare", "report", "lr-find", "tune",
+                                     "advise"])
 def test_every_command_has_help_with_examples(command: str) -> None:
     r = _cli(command, "--help")
     assert r.returncode == 0
@@ -134,3 +135,18 @@ def test_lr_find_writes_its_plot(tmp_path: Path) -> None:
     assert "suggested lr" in r.stdout and "optimlab run --task logreg-breast-cancer" in r.stdout
     assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 1000
     assert (tmp_path / "lrf" / "lr_find.json").exists()
+
+
+def test_tune_then_report_shows_the_tuning(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    r = _cli("tune", "--tasks", "quadratic", "--optimizers", "sgd,adam", "--trials", "4",
+             "--steps", "100", "--batch-size", "full", "--workers", "1", "--name", "tq",
+             "--store", db, "--out", str(tmp_path / "rep"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tuning 'tq'" in r.stdout and "quadratic" in r.stdout
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert 'data-plot="tune-history"' in html
+    again = _cli("tune", "--tasks", "quadratic", "--optimizers", "sgd,adam", "--trials", "4",
+                 "--steps", "100", "--batch-size", "full", "--workers", "1", "--name", "tq",
+                 "--store", db, "--no-report", cwd=tmp_path)
+    assert again.returncode == 0 and "8 of 8 trials already stored" in again.stderr

@@ -51,6 +51,18 @@ A study is resumable: run the same command again and finished runs are skipped."
 The learning rate grows exponentially from --start-lr to --end-lr over --steps steps; the
 smoothed loss is plotted against it and a learning rate is suggested (valley, steepest or
 min_loss_div10 rule). The test stops when the loss diverges.""",
+    "tune": """examples:
+  optimlab tune --tasks mlp-digits --optimizers sgd,momentum,adam --trials 20
+  optimlab tune --tasks logreg-breast-cancer --optimizers adam,adamw --space full --trials 30
+  optimlab tune --tasks quadratic --optimizers sgd,adam --trials 10 --storage postgresql://...
+
+Every optimizer gets the same number of trials of the same length (an equal budget); the best
+configuration of each is re-run on --seeds held-out seeds and reported with mean ± std.
+Running the same command again resumes the tuning.""",
+    "advise": """examples:
+  optimlab advise --task mlp-digits --budget 5
+  optimlab advise --task mypkg.tasks:make_task --budget 30 --optimizers sgd,adam,adamw
+  optimlab advise --no-compute              # rules from the lab's recorded results""",
     "list": """examples:
   optimlab list
   optimlab list tasks""",
@@ -199,8 +211,9 @@ def _write_report(store: Any, name: str, out: Path | None, *, quiet: bool = Fals
                        "run it with optimlab compare first")
     out = out or Path("optimlab-results") / _safe_dirname(name)
     bar = Progress(1, "report")
+    from .lab.tune import tuning_for_study
     index = write_report(records, out, title=f"optimlab: {name}", study=spec,
-                         environment=environment(),
+                         environment=environment(), tuning=tuning_for_study(store, name),
                          progress=None if quiet else (lambda m: bar.message(f"report: {m}")))
     if not quiet:
         print(summary_table(records))
@@ -288,6 +301,92 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     if result.suggestion is not None:
         print(f"try: optimlab run --task {args.task} --optimizer {args.optimizer} "
               f"--lr {result.suggestion:.3g}")
+    return 0
+
+
+def _trial_progress(what: str) -> tuple[Any, Callable[[int, int, Any], None]]:
+    from .lab.progress import Progress
+    state: dict[str, Any] = {}
+
+    def progress(done: int, total: int, trial: Any) -> None:
+        if "bar" not in state:
+            state["bar"] = Progress(total, what, start=done)
+            if done:
+                state["bar"].message(f"resuming: {done} of {total} {what} already stored")
+        if trial is not None:
+            value = trial.get("value")
+            shown = "-" if value is None else f"{value:.4g}"
+            state["bar"].update(done, f"{trial['optimizer']} on {trial['task']} trial "
+                                      f"{trial.get('index')}: {trial['status']} {shown}")
+    return state, progress
+
+
+def _rerun_progress() -> Callable[[int, int, dict[str, Any]], None]:
+    from .lab.progress import Progress
+    state: dict[str, Any] = {}
+
+    def progress(done: int, total: int, record: dict[str, Any]) -> None:
+        if "bar" not in state:
+            state["bar"] = Progress(total, "re-runs", start=done - 1)
+        c = record["config"]
+        state["bar"].update(done, f"{record['label']} on {c['task']} seed {c['seed']}: "
+                                  f"{record['status']}")
+    return progress
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .lab.tune import TuneSpec, tune
+
+    spec = TuneSpec(tasks=args.tasks, optimizers=args.optimizers, trials=args.trials,
+                    steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                    seeds=args.seeds, space=args.space, pruner=args.pruner, name=args.name,
+                    schedules=tuple(_csv(args.schedules) or ()))
+    _, progress = _trial_progress("trials")
+    outcome = tune(spec, args.store, storage=args.storage, workers=args.workers,
+                   progress=progress, rerun_progress=_rerun_progress())
+    print(f"tuning {outcome.name!r}: best configuration per task and optimizer")
+    for r in outcome.results:
+        value = "-" if r.best_value is None else f"{r.best_value:.4g}"
+        print(f"  {r.task:<22} {r.optimizer:<10} {r.objective or '':<14} {value:<11} "
+              f"{json.dumps(r.best_hyperparams)}  ({r.complete} complete, {r.pruned} pruned, "
+              f"{r.failed} failed)")
+    if outcome.rerun is None or args.no_report:
+        return 0
+    with _store(args.store) as store:
+        out = Path(args.out) if args.out else None
+        index = _write_report(store, outcome.rerun.name, out)
+    print(f"\nreport: {index}")
+    return 0
+
+
+def _cmd_advise(args: argparse.Namespace) -> int:
+    from .lab import advise as adv
+
+    if args.no_compute:
+        with _store(args.store) as store:
+            evidence = adv.load_evidence(store)
+        print("Rules distilled from recorded results (each with its evidence):\n")
+        for rule in adv.rules(evidence):
+            print(f"- {rule.text}\n    evidence: {rule.evidence}")
+        return 0
+    if args.task is None:
+        raise CLIError("advise needs --task (or --no-compute for rules from recorded results)")
+    from .lab.progress import Progress
+
+    say = Progress(1, "").message
+    _, progress = _trial_progress("trials")
+    advice = adv.advise(args.task, optimizers=_csv(args.optimizers),
+                        budget_minutes=args.budget, store=args.store, workers=args.workers,
+                        batch_size=args.batch_size, seeds=args.seeds, steps=args.steps,
+                        task_options=_pairs(args.task_option, "--task-option"),
+                        space=args.space, progress=progress,
+                        rerun_progress=_rerun_progress(), message=say)
+    out = Path(args.out) if args.out else (
+        Path("optimlab-results") / _safe_dirname(f"advise-{args.task}"))
+    index = adv.write_advice_report(advice, args.store, out,
+                                    progress=lambda m: say(f"report: {m}"))
+    print(adv.advice_text(advice))
+    print(f"\nreport: {index}")
     return 0
 
 
@@ -466,6 +565,51 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", default="valley", help="valley, steepest or min_loss_div10")
     p.add_argument("--out", help="folder for lr_find.png and lr_find.json")
     p.set_defaults(func=_cmd_lr_find)
+
+    p = sub.add_parser("tune", help="tune optimizers on tasks with an equal budget (Optuna)",
+                       description="Tune each optimizer's hyperparameters on each task with "
+                                   "Optuna: the same number of trials for every optimizer, "
+                                   "hopeless trials pruned, the best configurations re-run "
+                                   "on several seeds and reported.",
+                       epilog=EXAMPLES["tune"], formatter_class=raw)
+    p.add_argument("--tasks", required=True, help="comma-separated task names")
+    p.add_argument("--optimizers", required=True, help="comma-separated optimizer names")
+    p.add_argument("--trials", type=int, default=20, help="trials per optimizer (default 20)")
+    p.add_argument("--steps", type=int, default=None, help="steps per trial (task default)")
+    p.add_argument("--batch-size", default=32, help="'full', 1 or k (default 32)")
+    p.add_argument("--space", default="lr", choices=("lr", "full"),
+                   help="lr: the learning rate only; full: every documented hyperparameter")
+    p.add_argument("--schedules", help="comma-separated schedules to search over")
+    p.add_argument("--pruner", default="median", choices=("median", "none"))
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (reproducible trials)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the best re-runs (3)")
+    p.add_argument("--name", help="tuning name (default: derived from the settings)")
+    p.add_argument("--workers", type=int, default=None, help="parallel studies")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: --store)")
+    p.add_argument("--out", help="report folder")
+    p.add_argument("--no-report", action="store_true", help="only tune and store")
+    store_arg(p)
+    p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("advise", help="which optimizer for this task? (measured, with evidence)",
+                       description="Run an equal-budget tuning study of candidate optimizers on "
+                                   "a task and rank them with evidence; --no-compute gives "
+                                   "rules from recorded results instead.",
+                       epilog=EXAMPLES["advise"], formatter_class=raw)
+    p.add_argument("--task", help="task name (built-in or 'package.module:factory')")
+    p.add_argument("--budget", type=float, default=5.0, help="minutes (default 5)")
+    p.add_argument("--optimizers", help="candidates (default: the seven classics)")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--batch-size", default=32, help="'full', 1 or k (default 32)")
+    p.add_argument("--steps", type=int, default=None, help="steps per run (task default)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the final re-runs (3)")
+    p.add_argument("--space", default="lr", choices=("lr", "full"))
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--out", help="report folder (default optimlab-results/advise-TASK/)")
+    p.add_argument("--no-compute", action="store_true",
+                   help="no runs: rules distilled from the recorded results, with evidence")
+    store_arg(p)
+    p.set_defaults(func=_cmd_advise)
 
     p = sub.add_parser("report", help="write the report of a stored study",
                        description="Write the HTML report, summary.md and results.csv/json of "

@@ -75,13 +75,14 @@ def html_report(records: Sequence[Mapping[str, Any]], *, title: str = "optimlab 
                 study: Mapping[str, Any] | None = None,
                 environment: Mapping[str, Any] | None = None,
                 progress: Callable[[str], None] | None = None,
-                tuning: Sequence[Mapping[str, Any]] | None = None) -> tuple[str, int]:
+                tuning: Sequence[Mapping[str, Any]] | None = None,
+                advice: Mapping[str, Any] | None = None) -> tuple[str, int]:
     """The report page as HTML text and the number of plots it holds (see
     :func:`write_report`; needs matplotlib)."""
     from .render import html_report as render
 
     return render(records, title=title, study=study, environment=environment,
-                  progress=progress, tuning=tuning)
+                  progress=progress, tuning=tuning, advice=advice)
 
 
 def _cell(value: Any) -> Any:
@@ -129,7 +130,8 @@ def write_report(records: list[dict[str, Any]], out_dir: str | Path, *,
                  title: str = "optimlab report", study: dict[str, Any] | None = None,
                  environment: dict[str, Any] | None = None,
                  progress: Callable[[str], None] | None = None,
-                 tuning: list[dict[str, Any]] | None = None) -> Path:
+                 tuning: list[dict[str, Any]] | None = None,
+                 advice: Mapping[str, Any] | None = None) -> Path:
     """Write ``index.html`` (self-contained), ``summary.md``, ``results.csv`` and
     ``results.json`` into ``out_dir`` (created if needed); return the ``index.html`` path.
 
@@ -143,13 +145,16 @@ def write_report(records: list[dict[str, Any]], out_dir: str | Path, *,
         tuning: trials of a tuning (:func:`optimlab.lab.tune.tuning_history`): adds a
             "Tuning" section (history, learning-rate sensitivity, best configurations) and a
             ``"tuning"`` list to ``results.json``.
+        advice: the advisor's answer as strings (``question``, ``header``, ``rows``,
+            ``recommendation``, ``snippet``, ``notes``): an "Advice" section first, and an
+            ``"advice"`` entry in ``results.json``.
     """
     say = progress or (lambda msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     page, _ = html_report(records, title=title, study=study, environment=environment,
-                          progress=say, tuning=tuning)
+                          progress=say, tuning=tuning, advice=advice)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     say("summary.md, results.csv, results.json")
@@ -165,6 +170,8 @@ def write_report(records: list[dict[str, Any]], out_dir: str | Path, *,
                "records": json_safe(list(records))}
     if tuning:
         payload["tuning"] = json_safe(list(tuning))
+    if advice:
+        payload["advice"] = json_safe(dict(advice))
     (out / "results.json").write_text(
         json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":")) + "\n",
         encoding="utf-8")

@@ -47,7 +47,8 @@ def html_report(records: Sequence[Mapping[str, Any]], *, title: str = "optimlab 
                 study: Mapping[str, Any] | None = None,
                 environment: Mapping[str, Any] | None = None,
                 progress: Callable[[str], None] | None = None,
-                tuning: Sequence[Mapping[str, Any]] | None = None) -> tuple[str, int]:
+                tuning: Sequence[Mapping[str, Any]] | None = None,
+                advice: Mapping[str, Any] | None = None) -> tuple[str, int]:
     """The report page as HTML text and the number of plots it holds (see
     :func:`optimlab.lab.report.write_report`)."""
     say = progress or (lambda msg: None)
@@ -64,6 +65,11 @@ def html_report(records: Sequence[Mapping[str, Any]], *, title: str = "optimlab 
               f"{len(ctx.arms)} arms on {len(ctx.anchors)} tasks.</p>"
               f'<p class="lead howto">{esc(HOW_TO_READ)}</p></header>')
     with mpl.rc_context(RC):
+        if advice:
+            from .advice import advice_section
+
+            say("advice")
+            advice_section(page, advice)
         if ctx.records:
             say("overview")
             overview_section(page, ctx)
