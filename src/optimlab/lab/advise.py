@@ -337,7 +337,7 @@ def snippet(optimizer: str, hyperparams: Mapping[str, Any], *, schedule: str = "
 
 
 def plan_trials(seconds_per_run: float, n_optimizers: int, workers: int, seeds: int,
-                budget_minutes: float) -> int:
+                budget_minutes: float, spent_seconds: float = 0.0) -> int:
     """Trials per optimizer that fit the budget: studies run in parallel (one per worker),
     trials of a study one after the other, then every best configuration on ``seeds`` seeds.
 
@@ -347,13 +347,14 @@ def plan_trials(seconds_per_run: float, n_optimizers: int, workers: int, seeds: 
     if not (isinstance(budget_minutes, (int, float)) and math.isfinite(budget_minutes)
             and budget_minutes > 0):
         raise ValueError(f"budget must be a positive number of minutes, got {budget_minutes!r}")
-    total = 60.0 * budget_minutes * 0.9 - POOL_SECONDS - REPORT_SECONDS
+    total = 60.0 * budget_minutes * 0.9 - POOL_SECONDS - REPORT_SECONDS - spent_seconds
     rounds = math.ceil(n_optimizers / workers)
     rerun = math.ceil(n_optimizers * seeds / workers) * seconds_per_run
     per_trial = 1.15 * seconds_per_run * rounds
     trials = int((total - rerun) // per_trial) if total > rerun else 0
     if trials < MIN_TRIALS:
-        need = (MIN_TRIALS * per_trial + rerun + POOL_SECONDS + REPORT_SECONDS) / 54.0
+        need = (MIN_TRIALS * per_trial + rerun + POOL_SECONDS + REPORT_SECONDS
+                + spent_seconds) / 54.0
         raise ValueError(
             f"budget of {budget_minutes:g} minutes is too small: one run takes about "
             f"{seconds_per_run:.2f} s, so {n_optimizers} optimizers x {MIN_TRIALS} trials on "
@@ -408,7 +409,7 @@ def advise(task: str, *, optimizers: Sequence[str] | None = None, budget_minutes
     execute(calib, threads=1)
     seconds = _time.perf_counter() - t0
     trials = plan_trials(seconds, len(optimizers), min(workers, len(optimizers)), seeds,
-                         budget_minutes - seconds / 60.0)
+                         budget_minutes, spent_seconds=seconds)
     spec = TuneSpec(**{**spec.to_dict(), "trials": trials})
     say(f"budget {budget_minutes:g} min: {trials} trials per optimizer "
         f"(about {seconds:.2f} s per run, {workers} worker(s)), then {seeds} seeds each")
