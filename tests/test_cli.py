@@ -70,17 +70,20 @@ def test_list_shows_tasks_optimizers_and_schedules(capsys: pytest.CaptureFixture
     (["tune", "--tasks", "quadratic", "--optimizers", "adma"], "unknown optimizer 'adma'"),
     (["report", "--store", "postgresql://x/y"], "unsupported results-store URL"),
 ])
-def test_bad_input_is_one_clear_error_line(tmp_path: Path, args: list[str], needle: str) -> None:
+def test_bad_input_is_one_clear_error_line(tmp_path: Path, args: list[str], needle: str,
+                                           capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     if "--store" not in args and args[0] != "lr-find":
         args = [*args, "--store", f"sqlite:///{tmp_path / 'r.db'}"]
-    r = _cli(*args, cwd=tmp_path)
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
     # progress lines may come first; the error is one line, then one hint line, and no more
     errors = [i for i, line in enumerate(lines) if line.startswith("optimlab: error:")]
-    assert errors == [len(lines) - 2], r.stderr
-    assert needle in lines[-2], r.stderr
+    assert errors == [len(lines) - 2], err
+    assert needle in lines[-2], err
     assert lines[-1].strip().startswith("hint:")
 
 
