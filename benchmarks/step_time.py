@@ -66,6 +66,7 @@ import torch
 from torch import Tensor
 
 import optimlab
+from optimlab.lab.environment import cpu_model
 
 # Bytes one step must move per parameter in float32: every tensor the update reads plus every
 # tensor it writes, once each (4 bytes a float32 element; p = parameter, g = gradient, state
@@ -167,17 +168,6 @@ def make_params(shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, device: t
 
 
 # ----- environment and bandwidth -------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(device: torch.device) -> dict[str, Any]:
     env: dict[str, Any] = {
         "cpu": cpu_model(),

@@ -9,7 +9,7 @@ from importlib import metadata
 
 import torch
 
-__all__ = ["environment"]
+__all__ = ["available_cores", "cpu_model", "environment"]
 
 
 def _version(package: str) -> str:
@@ -19,7 +19,8 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -30,12 +31,16 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def environment() -> dict[str, str]:
     """Hardware and library versions, as strings."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 0
     env = {
         "optimlab": _version("optimlab"),
         "python": sys.version.split()[0],
@@ -44,8 +49,8 @@ def environment() -> dict[str, str]:
         "scikit-learn": _version("scikit-learn"),
         "matplotlib": _version("matplotlib"),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu cores available": str(cores),
+        "cpu": cpu_model(),
+        "cpu cores available": str(available_cores()),
         "torch threads per run": "1 (runs execute in parallel worker processes)",
     }
     if torch.cuda.is_available():

@@ -113,13 +113,18 @@ def _allowed(cls: type[Optimizer]) -> dict[str, Any]:
     return out
 
 
-def _plain(value: Any) -> Any:
-    """JSON-able form of a hyperparameter value (tuples become lists, tensors numbers)."""
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
+def plain(obj: Any) -> Any:
+    """``obj`` as JSON-able values: mappings with string keys, lists for tuples, numbers for
+    one-element tensors and numpy scalars (hyperparameters, task options, telemetry)."""
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    return obj
 
 
 def resolve_hyperparams(name: str, hyperparams: Mapping[str, Any] | None = None
@@ -143,7 +148,7 @@ def resolve_hyperparams(name: str, hyperparams: Mapping[str, Any] | None = None
     for switch in ("foreach", "fused", "capturable", "differentiable", "maximize"):
         if switch not in given:
             values.pop(switch, None)
-    return {k: _plain(v) for k, v in sorted(values.items())}
+    return {k: plain(v) for k, v in sorted(values.items())}
 
 
 def build_optimizer(name: str, params: Iterable[torch.Tensor],

@@ -31,7 +31,7 @@ import torch
 from .. import schedules
 from ..chain import NonFiniteGradientError
 from ..telemetry import Telemetry
-from .optimizers import build_optimizer, resolve_hyperparams
+from .optimizers import build_optimizer, plain, resolve_hyperparams
 from .tasks import Task, make_task
 
 __all__ = ["SCHEDULES", "RunConfig", "RunPruned", "execute", "make_schedule"]
@@ -409,7 +409,7 @@ def _train(config: RunConfig, task: Task, optimizer: torch.optim.Optimizer,
     telemetry_summary = None
     if telemetry is not None:
         with contextlib.suppress(Exception):
-            telemetry_summary = _jsonable(telemetry.summary())
+            telemetry_summary = plain(telemetry.summary())
     return {
         "key": config.key(),
         "config": config.to_dict(),
@@ -417,7 +417,7 @@ def _train(config: RunConfig, task: Task, optimizer: torch.optim.Optimizer,
         "error": error,
         "task_info": {"name": info.name, "kind": info.kind, "description": info.description,
                       "target": info.target, "target_metric": info.target_metric,
-                      "n_train": int(task.n_train), "options": _jsonable(info.options)},
+                      "n_train": int(task.n_train), "options": plain(info.options)},
         "curve": curve,
         "evals": evals,
         "final": final,
@@ -437,16 +437,3 @@ def _train(config: RunConfig, task: Task, optimizer: torch.optim.Optimizer,
         "telemetry": telemetry_summary,
         "extra": {"closure_evals": closure_evals},
     }
-
-
-def _jsonable(obj: Any) -> Any:
-    """``obj`` with tensors, tuples and numpy scalars turned into JSON-able values."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.item() if obj.numel() == 1 else obj.tolist()
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    return obj

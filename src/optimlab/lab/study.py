@@ -38,7 +38,6 @@ import itertools
 import json
 import math
 import multiprocessing as mp
-import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .environment import available_cores
 from .optimizers import _allowed, build_optimizer, lookup
 from .runs import SCHEDULES, RunConfig, execute, parse_batch_size
 from .store import ResultStore
@@ -442,10 +442,7 @@ class ProcessExecutor:
 
 def default_workers() -> int:
     """One worker per available core."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return available_cores()
 
 
 def _run_one(config: dict[str, Any]) -> dict[str, Any]:
