@@ -497,6 +497,18 @@ def _parser() -> argparse.ArgumentParser:
                    choices=("all", "tasks", "optimizers", "transforms", "schedules"))
     p.set_defaults(func=_cmd_list)
 
+    def run_args(p: argparse.ArgumentParser, *, hp: bool = False,
+                 task_option: bool = True) -> None:
+        """The options shared by the commands that build runs."""
+        if hp:
+            p.add_argument("--hp", action="append", metavar="KEY=VALUE",
+                           help="another hyperparameter, e.g. --hp momentum=0.9 "
+                                "--hp betas=0.9,0.99")
+        if task_option:
+            p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                           help="a task option, e.g. --task-option depth=3")
+        p.add_argument("--batch-size", default=32, help="'full', 1 or k (default 32)")
+
     def store_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--store", metavar="URL", default=None,
                        help="results database (default sqlite:///optimlab-results/results.db)")
@@ -508,11 +520,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="task name (optimlab list tasks)")
     p.add_argument("--optimizer", required=True, help="optimizer name (optimlab list)")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
-    p.add_argument("--hp", action="append", metavar="KEY=VALUE",
-                   help="another hyperparameter, e.g. --hp momentum=0.9 --hp betas=0.9,0.99")
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
-                   help="a task option, e.g. --task-option depth=3")
-    p.add_argument("--batch-size", default=32, help="'full', 1 or k (default 32)")
+    run_args(p, hp=True)
     p.add_argument("--schedule", default="constant", help="learning-rate schedule")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="step budget (task default)")
@@ -553,11 +561,7 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=EXAMPLES["lr-find"], formatter_class=raw)
     p.add_argument("--task", required=True, help="task name (optimlab list tasks)")
     p.add_argument("--optimizer", default="sgd", help="optimizer name (default sgd)")
-    p.add_argument("--hp", action="append", metavar="KEY=VALUE",
-                   help="another hyperparameter, e.g. --hp momentum=0.9")
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
-                   help="a task option, e.g. --task-option depth=3")
-    p.add_argument("--batch-size", default=32, help="'full', 1 or k (default 32)")
+    run_args(p, hp=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start-lr", type=float, default=1e-6)
     p.add_argument("--end-lr", type=float, default=10.0)
@@ -576,7 +580,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizers", required=True, help="comma-separated optimizer names")
     p.add_argument("--trials", type=int, default=20, help="trials per optimizer (default 20)")
     p.add_argument("--steps", type=int, default=None, help="steps per trial (task default)")
-    p.add_argument("--batch-size", default=32, help="'full', 1 or k (default 32)")
+    run_args(p, task_option=False)
     p.add_argument("--space", default="lr", choices=("lr", "full"),
                    help="lr: the learning rate only; full: every documented hyperparameter")
     p.add_argument("--schedules", help="comma-separated schedules to search over")
@@ -599,8 +603,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="task name (built-in or 'package.module:factory')")
     p.add_argument("--budget", type=float, default=5.0, help="minutes (default 5)")
     p.add_argument("--optimizers", help="candidates (default: the seven classics)")
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE")
-    p.add_argument("--batch-size", default=32, help="'full', 1 or k (default 32)")
+    run_args(p)
     p.add_argument("--steps", type=int, default=None, help="steps per run (task default)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the final re-runs (3)")
     p.add_argument("--space", default="lr", choices=("lr", "full"))
