@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from reference import max_relative_error
+from torch._inductor.utils import run_and_get_code
 
 import optimlab as ol
 from optimlab import transforms as T
@@ -330,9 +331,12 @@ def test_fused_equals_eager(name: str, kwargs: dict[str, Any]) -> None:
     and eager float64 already part by ~5e-7 within 10 steps on such a problem.
     """
     eager, _ = run_steps(lambda ps: getattr(ol, name)(ps, **kwargs), 10, feedback=False)
-    fused, opt = run_steps(lambda ps: getattr(ol, name)(ps, fused=True, **kwargs), 10,
-                           feedback=False)
+    torch._dynamo.reset()  # compile anew, so that the generated code is seen
+    (fused, opt), code = run_and_get_code(
+        run_steps, lambda ps: getattr(ol, name)(ps, fused=True, **kwargs), 10, feedback=False)
     assert opt._compiled is not None  # the compiled path really ran (private attribute)
+    # A scalar read back to the host (``.item()``) would be a synchronization per step on GPUs.
+    assert code and not any(".item()" in c for c in code)
     for t, (a, b) in enumerate(zip(fused, eager, strict=True), start=1):
         err = max_relative_error(a, b)
         assert err <= FUSED_RTOL_F32, f"step {t}: relative error {err:.3g}"

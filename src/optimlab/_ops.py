@@ -89,8 +89,17 @@ def add_(xs: Sequence[Tensor], ys: Sequence[Tensor], alpha: Scalar = 1.0) -> Non
         torch._foreach_add_(list(xs), list(ys), alpha=alpha)
 
 
+def _expanded(xs: Sequence[Tensor], s: Tensor) -> TensorList:
+    # ``_foreach_add(list, 0-dim tensor)`` is lowered by inductor through ``s.item()``, a host
+    # synchronization on CUDA; adding the scalar broadcast to each tensor's shape (a view, no
+    # memory) keeps it a kernel input.
+    return [s.expand_as(x) for x in xs]
+
+
 def add_scalar(xs: Sequence[Tensor], s: Scalar) -> TensorList:
     """Return ``x + s``."""
+    if _is_tensor(s):
+        return list(torch._foreach_add(list(xs), _expanded(xs, s)))
     return list(torch._foreach_add(list(xs), s))
 
 
@@ -109,7 +118,10 @@ def soft_threshold_(xs: Sequence[Tensor], t: Scalar) -> None:
 
 def add_scalar_(xs: Sequence[Tensor], s: Scalar) -> None:
     """``x <- x + s`` in place."""
-    torch._foreach_add_(list(xs), s)
+    if _is_tensor(s):
+        torch._foreach_add_(list(xs), _expanded(xs, s))
+    else:
+        torch._foreach_add_(list(xs), s)
 
 
 def lerp_(xs: Sequence[Tensor], ys: Sequence[Tensor], w: Scalar) -> None:

@@ -25,6 +25,13 @@ leave float32/float64 parameters on exactly the code path they take without them
   copies of the parameters and of their states (stored in the parameter's dtype, as torch.optim
   does), and both are written back with unbiased stochastic rounding
   (:func:`optimlab.precision.stochastic_round_`; Gupta et al., 2015; Zamirai et al., 2020).
+
+For float32 (or float64) parameters, ``state_dtype=torch.bfloat16`` stores the rules' per-element
+states (Adam's moments, momentum buffers, ...) in bfloat16, halving their memory and traffic:
+each step upcasts them, runs the rules in the parameter's precision and writes them back with
+stochastic rounding whose noise is a counter-based hash
+(:func:`optimlab.precision.stochastic_round_hashed`), so the eager and compiled paths give the
+same bits and the compiled kernel reads and writes 2 bytes per state element and nothing else.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _ops as ops
-from .precision import stochastic_round_
+from .precision import stochastic_round_, stochastic_round_hashed
 from .transforms.adaptive import scalar_dtype
 from .transforms.base import Bucket, Transform, check_range
 from .transforms.scaling import ScaleByLearningRate
@@ -48,6 +55,9 @@ __all__ = ["NONFINITE_POLICIES", "ChainOptimizer", "NonFiniteGradientError", "ch
 
 #: Parameter dtypes that ``master_weights`` / ``stochastic_rounding`` step in fp32.
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+#: The storage dtypes ``state_dtype`` accepts (``None``: states in the parameter's dtype).
+STATE_DTYPES = (None, torch.bfloat16)
 
 #: What ``step()`` does when a gradient holds inf or NaN.
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
@@ -82,6 +92,10 @@ class ChainOptimizer(Optimizer):
             ``E[round(x)] = x``), without a master copy. Draws from torch's default generator
             of the parameter's device. float16 parameters are refused (use ``master_weights``);
             other dtypes are unaffected. Cannot be combined with ``master_weights``.
+        state_dtype: ``torch.bfloat16`` stores the per-element states of float32/float64
+            parameters in bfloat16, written back with stochastic rounding at every step (see the
+            module docstring); scalar states (``step``) and the states of bfloat16/float16
+            parameters are unaffected. ``None`` (default): states in the parameter's dtype.
 
     Attributes:
         info: per-step statistics the rules publish (``grad_norm`` from clipping), as tensors.
@@ -101,7 +115,11 @@ class ChainOptimizer(Optimizer):
         defaults: Mapping[str, Any] | None = None,
         master_weights: bool = False,
         stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"state_dtype must be None or torch.bfloat16, got {state_dtype!r}")
+        self.state_dtype = state_dtype
         if not isinstance(master_weights, bool):
             raise ValueError(f"master_weights must be a bool, got {master_weights!r}")
         if not isinstance(stochastic_rounding, bool):
@@ -169,6 +187,7 @@ class ChainOptimizer(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("master_weights", False)
         self.__dict__.setdefault("stochastic_rounding", False)
+        self.__dict__.setdefault("state_dtype", None)
         for group in self.param_groups:
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
@@ -182,6 +201,12 @@ class ChainOptimizer(Optimizer):
         (the master copy, the rules' states) stays fp32 (torch.optim casts it to the
         parameter's dtype)."""
         super().load_state_dict(state_dict)
+        if self.state_dtype is not None:
+            # torch.optim casts floating state to the parameter's dtype; keep it as stored.
+            for p, st in self.state.items():
+                for k, v in st.items():
+                    if self._stored_low(p, v):
+                        st[k] = v.to(self.state_dtype)
         if not self.master_weights:
             return
         saved = state_dict["state"]
@@ -193,6 +218,12 @@ class ChainOptimizer(Optimizer):
                     if (k != "step" and isinstance(v, Tensor) and v.dtype == torch.float32
                             and v.shape == p.shape):
                         self.state[p][k] = v.to(device=p.device, copy=True)
+
+    def _stored_low(self, p: Tensor, v: Any) -> bool:
+        """Whether state ``v`` of ``p`` is one that ``state_dtype`` stores in low precision."""
+        return (self.state_dtype is not None and isinstance(v, Tensor)
+                and p.dtype in (torch.float32, torch.float64) and v.is_floating_point()
+                and v.dim() > 0 and v.shape == p.shape)
 
     def state_bytes(self) -> int:
         """Bytes held by the optimizer state tensors (all parameters)."""
@@ -314,7 +345,8 @@ class ChainOptimizer(Optimizer):
                     if keys and any(k not in st for k in keys):
                         for k, v in t.init_state(like, group).items():
                             if k not in st:
-                                st[k] = v
+                                st[k] = (v.to(self.state_dtype) if self._stored_low(p, v)
+                                         else v)
                                 new_keys[id(p)].add(k)
                 steps.append(st["step"])
             torch._foreach_add_(steps, 1.0)
@@ -336,7 +368,14 @@ class ChainOptimizer(Optimizer):
                 if dtype.is_complex:
                     params, grads = _as_real(params), _as_real(grads)
                     state = {k: _as_real(v) for k, v in state.items()}
-                buckets.append(Bucket(params, grads, state, step, fresh))
+                # States stored in bfloat16 (state_dtype) are stepped in the parameter's dtype:
+                # the rules get upcast copies (made in run_chains, inside the compiled graph on
+                # the fused path) and the chain rounds them back.
+                stored = {k: vs for k, vs in state.items()
+                          if vs and vs[0].dtype == torch.bfloat16
+                          and dtype in (torch.float32, torch.float64)}
+                buckets.append(Bucket(params, grads, state, step, fresh, stored,
+                                      _rounding_seed(step)))
                 chains.append(chain_)
                 groups.append(group)
         return buckets, chains, groups
@@ -377,19 +416,33 @@ class ChainOptimizer(Optimizer):
             code = _run_flat.__code__.replace(co_name=f"optimlab_{type(self).__name__}_step")
             fn = types.FunctionType(code, _run_flat.__globals__, code.co_name)
             self._compiled = torch.compile(fn, fullgraph=True)
-        tensor_scalars = []
+        # Every float scalar of a bucket (learning rate, bias corrections, ...) goes into one
+        # small tensor, moved to the device with a single asynchronous copy (from pinned
+        # memory on CUDA): creating one device tensor per scalar would be one blocking copy,
+        # and so one host synchronization, each. The compiled code reads the scalars from that
+        # tensor by position, so new values never recompile.
+        layout = []
         for b, sc_list in zip(buckets, scalars):
             p0 = b.params[0]
             dt = p0.dtype if p0.dtype in (torch.float32, torch.float64) else torch.float32
-            tensor_scalars.append([
-                {k: (torch.tensor(v, dtype=dt, device=p0.device)
-                     if isinstance(v, float) else v) for k, v in sc.items()}
-                for sc in sc_list
-            ])
+            values: list[float] = []
+            static: list[dict[str, Any]] = []
+            index: list[dict[str, int]] = []
+            for sc in sc_list:
+                static.append({k: v for k, v in sc.items() if not isinstance(v, float)})
+                index.append({})
+                for k, v in sc.items():
+                    if isinstance(v, float):
+                        index[-1][k] = len(values)
+                        values.append(v)
+            static.append({})  # the rounding seed rides along, last
+            index.append({"seed": len(values)})
+            values.append(float(b.seed))
+            layout.append((_device_scalars(values, dt, p0.device), static, index))
         # step and new_keys were consumed by prepare(); keeping them out of the graph means a
         # new step count never triggers a recompile.
-        flat = [(b.params, b.grads, b.state) for b in buckets]
-        return self._compiled(flat, chains, groups, tensor_scalars, maximize)
+        flat = [(b.params, b.grads, b.state, b.stored) for b in buckets]
+        return self._compiled(flat, chains, groups, layout, maximize)
 
 
 def _check_transform(t: object) -> None:
@@ -415,6 +468,9 @@ def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
     clipping) see every bucket before any of them moves on.
     """
     info: dict[str, Tensor] = {}
+    for b in buckets:
+        for k, vs in b.stored.items():
+            b.state[k] = [v.to(b.params[0].dtype) for v in vs]
     us = [ops.neg(b.grads) if mx else list(b.grads) for b, mx in zip(buckets, maximize)]
     depth = max(len(c) for c in chains)
     for k in range(depth):
@@ -445,13 +501,40 @@ def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
             ops.add_(b.params, us[i])
         for t, sc in zip(chains[i], scalars[i]):
             t.after_step(b, sc)
+        for j, k in enumerate(sorted(b.stored)):
+            vs = b.stored[k]
+            rounded = [stochastic_round_hashed(v.float(), b.seed, salt=(i * 64 + j) * 65536 + n)
+                       for n, v in enumerate(b.state[k])]
+            torch._foreach_copy_(vs, rounded)
+            b.state[k] = vs
     return info
 
 
+def _rounding_seed(step: int) -> int:
+    """The stochastic-rounding seed of a step (below 2**24, so exact as a float32 scalar)."""
+    return (step * 0x9E3779B1 + 0x5DEECE6) % (1 << 24)
+
+
+def _device_scalars(values: list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``values`` as one tensor on ``device``, copied without a host synchronization."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cpu":
+        return host
+    if device.type == "cuda":
+        # The pinned block is recycled by torch's caching host allocator only once the copy
+        # that reads it has completed, so the asynchronous copy is safe.
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
 def _run_flat(flat: list[tuple[Any, ...]], chains: list[tuple[Transform, ...]],
-              groups: list[dict[str, Any]], scalars: list[list[dict[str, Any]]],
+              groups: list[dict[str, Any]],
+              layout: list[tuple[Tensor, list[dict[str, Any]], list[dict[str, int]]]],
               maximize: list[bool]) -> dict[str, Tensor]:
-    buckets = [Bucket(list(p), list(g), dict(s), 0) for p, g, s in flat]
+    scalars = [[{**st, **{k: values[j] for k, j in ix.items()}} for st, ix in zip(static, index)]
+               for values, static, index in layout]
+    buckets = [Bucket(list(p), list(g), dict(s), 0, stored=dict(lo), seed=sc.pop()["seed"])
+               for (p, g, s, lo), sc in zip(flat, scalars)]
     return run_chains(buckets, chains, groups, scalars, maximize)
 
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["stochastic_round", "stochastic_round_"]
+__all__ = ["hashed_noise16", "stochastic_round", "stochastic_round_", "stochastic_round_hashed"]
 
 _LOW_MASK = (1 << 16) - 1
 
@@ -37,13 +37,58 @@ def stochastic_round(src: Tensor, generator: torch.Generator | None = None) -> T
     if src.dtype != torch.float32:
         raise ValueError(f"src must be float32, got {src.dtype}")
     src = src.contiguous()
-    bits = src.view(torch.int32)
     noise = torch.randint(0, _LOW_MASK + 1, src.shape, dtype=torch.int32, device=src.device,
                           generator=generator)
+    return _round_with_noise(src, noise)
+
+
+def _round_with_noise(src: Tensor, noise: Tensor) -> Tensor:
+    """bfloat16 of float32 ``src`` after adding ``noise`` (int32 in [0, 2**16)) to its bits."""
+    bits = src.view(torch.int32)
     # Arithmetic shift keeps the sign bit; the upper 16 bits are exactly the bfloat16 pattern.
     hi = torch.bitwise_right_shift(bits + noise, 16).to(torch.int16).view(torch.bfloat16)
     # NaN payloads that live only in the low bits would become inf (or wrap): keep NaN.
     return torch.where(torch.isnan(src), src.to(torch.bfloat16), hi)
+
+
+# Odd multipliers of a 32-bit integer hash (C. Wellons's "lowbias32" constants; the golden ratio
+# for the counter), written as int32 values: int32 products wrap modulo 2**32.
+_GOLDEN = 0x9E3779B9 - (1 << 32)
+_MIX1 = 0x7FEB352D
+_MIX2 = 0x846CA68B - (1 << 32)
+
+
+def hashed_noise16(like: Tensor, seed: int | Tensor, salt: int) -> Tensor:
+    """16 pseudo-random bits per element of ``like``, a hash of (element index, seed, salt).
+
+    Counter-based: nothing is stored and no generator is advanced, so the same
+    (shape, seed, salt) always gives the same bits, on every device and under torch.compile
+    (where the hash becomes a few integer instructions inside the kernel that uses it, with no
+    memory traffic). ``seed`` is an integer or a 0-dim tensor holding one (a float tensor holding
+    an integer below 2**24 is fine); ``salt`` tells apart the tensors rounded with one seed.
+    """
+    n = like.numel()
+    x = torch.arange(n, device=like.device, dtype=torch.int64).to(torch.int32).view(like.shape)
+    seed32 = seed.to(torch.int32) if isinstance(seed, Tensor) else int(seed) & 0x7FFFFFFF
+    salt32 = (salt * 0x632BE5AB) % (1 << 31)
+    x = x * _GOLDEN + seed32 + salt32
+    # lowbias32: xor-shift / multiply rounds; ``>>`` is arithmetic on int32, so each shift is
+    # masked to the logical shift's bits.
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _MIX1
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _MIX2
+    x = x ^ ((x >> 16) & 0xFFFF)
+    return x & _LOW_MASK
+
+
+def stochastic_round_hashed(src: Tensor, seed: int | Tensor, salt: int) -> Tensor:
+    """Return ``src`` (float32) rounded to bfloat16 stochastically, with the noise of
+    :func:`hashed_noise16` (unbiased like :func:`stochastic_round`, and reproducible: the same
+    seed and salt give the same result on the eager and on the compiled path)."""
+    if src.dtype != torch.float32:
+        raise ValueError(f"src must be float32, got {src.dtype}")
+    return _round_with_noise(src.contiguous(), hashed_noise16(src, seed, salt))
 
 
 def stochastic_round_(dst: Tensor | Sequence[Tensor], src: Tensor | Sequence[Tensor],

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from ..chain import ChainOptimizer
@@ -52,7 +53,8 @@ class _Named(ChainOptimizer):
     def __init__(self, params: Params, defaults: dict[str, Any], *, foreach: bool | None,
                  fused: bool | None, capturable: bool, differentiable: bool,
                  nonfinite: str, master_weights: bool = False,
-                 stochastic_rounding: bool = False) -> None:
+                 stochastic_rounding: bool = False,
+                 state_dtype: torch.dtype | None = None) -> None:
         name = type(self).__name__
         if capturable:
             raise ValueError(f"{name}: capturable=True (CUDA-graph capture) is not supported yet;"
@@ -65,7 +67,8 @@ class _Named(ChainOptimizer):
         defaults = {**defaults, "capturable": capturable, "differentiable": differentiable}
         super().__init__(params, (), lr=defaults["lr"], maximize=defaults["maximize"],
                          nonfinite=nonfinite, foreach=foreach, fused=fused, defaults=defaults,
-                         master_weights=master_weights, stochastic_rounding=stochastic_rounding)
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         state_dtype=state_dtype)
 
 
 class SGD(_Named):
@@ -82,14 +85,16 @@ class SGD(_Named):
                  *, maximize: bool = False, foreach: bool | None = None,
                  differentiable: bool = False, fused: bool | None = None,
                  nonfinite: str = "raise", master_weights: bool = False,
-                 stochastic_rounding: bool = False) -> None:
+                 stochastic_rounding: bool = False,
+                 state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize),
                          foreach=foreach, fused=fused, capturable=False,
                          differentiable=differentiable, nonfinite=nonfinite,
                          master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding)
+                         stochastic_rounding=stochastic_rounding,
+                         state_dtype=state_dtype)
 
 
 class Adagrad(_Named):
@@ -103,14 +108,16 @@ class Adagrad(_Named):
                  eps: float = 1e-10, foreach: bool | None = None, *, maximize: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
                  nonfinite: str = "raise", master_weights: bool = False,
-                 stochastic_rounding: bool = False) -> None:
+                 stochastic_rounding: bool = False,
+                 state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize),
                          foreach=foreach, fused=fused, capturable=False,
                          differentiable=differentiable, nonfinite=nonfinite,
                          master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding)
+                         stochastic_rounding=stochastic_rounding,
+                         state_dtype=state_dtype)
 
 
 class RMSprop(_Named):
@@ -125,13 +132,15 @@ class RMSprop(_Named):
                  centered: bool = False, capturable: bool = False, foreach: bool | None = None,
                  maximize: bool = False, differentiable: bool = False, *,
                  fused: bool | None = None, nonfinite: str = "raise", master_weights: bool = False,
-                 stochastic_rounding: bool = False) -> None:
+                 stochastic_rounding: bool = False,
+                 state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize),
                          foreach=foreach, fused=fused, capturable=capturable,
                          differentiable=differentiable, nonfinite=nonfinite,
                          master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding)
+                         stochastic_rounding=stochastic_rounding,
+                         state_dtype=state_dtype)
 
 
 def _decay_placement(rule: Transform) -> dict[bool, tuple[Transform, ...]]:
@@ -163,14 +172,16 @@ class Adam(_DecayChoice):
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
                  decoupled_weight_decay: bool = False, nonfinite: str = "raise",
-                 master_weights: bool = False, stochastic_rounding: bool = False) -> None:
+                 master_weights: bool = False, stochastic_rounding: bool = False,
+                 state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
                          foreach=foreach, fused=fused, capturable=capturable,
                          differentiable=differentiable, nonfinite=nonfinite,
                          master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding)
+                         stochastic_rounding=stochastic_rounding,
+                         state_dtype=state_dtype)
 
 
 class AdamW(Adam):
@@ -182,11 +193,13 @@ class AdamW(Adam):
                  foreach: bool | None = None, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
                  nonfinite: str = "raise", master_weights: bool = False,
-                 stochastic_rounding: bool = False) -> None:
+                 stochastic_rounding: bool = False,
+                 state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=True, nonfinite=nonfinite,
-                         master_weights=master_weights, stochastic_rounding=stochastic_rounding)
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         state_dtype=state_dtype)
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
         """Always the decoupled rules (AdamW's groups keep torch's key but cannot couple)."""
@@ -205,14 +218,16 @@ class NAdam(_DecayChoice):
                  maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
                  nonfinite: str = "raise", master_weights: bool = False,
-                 stochastic_rounding: bool = False) -> None:
+                 stochastic_rounding: bool = False,
+                 state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       momentum_decay=momentum_decay, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
                          foreach=foreach, fused=fused, capturable=capturable,
                          differentiable=differentiable, nonfinite=nonfinite,
                          master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding)
+                         stochastic_rounding=stochastic_rounding,
+                         state_dtype=state_dtype)
 
 
 class RAdam(_DecayChoice):
@@ -226,14 +241,16 @@ class RAdam(_DecayChoice):
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
                  nonfinite: str = "raise", master_weights: bool = False,
-                 stochastic_rounding: bool = False) -> None:
+                 stochastic_rounding: bool = False,
+                 state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
                          foreach=foreach, fused=fused, capturable=capturable,
                          differentiable=differentiable, nonfinite=nonfinite,
                          master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding)
+                         stochastic_rounding=stochastic_rounding,
+                         state_dtype=state_dtype)
 
 
 class Adadelta(_Named):
@@ -245,13 +262,15 @@ class Adadelta(_Named):
                  eps: float = 1e-6, weight_decay: float = 0, foreach: bool | None = None, *,
                  capturable: bool = False, maximize: bool = False, differentiable: bool = False,
                  fused: bool | None = None, nonfinite: str = "raise", master_weights: bool = False,
-                 stochastic_rounding: bool = False) -> None:
+                 stochastic_rounding: bool = False,
+                 state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize),
                          foreach=foreach, fused=fused, capturable=capturable,
                          differentiable=differentiable, nonfinite=nonfinite,
                          master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding)
+                         stochastic_rounding=stochastic_rounding,
+                         state_dtype=state_dtype)
 
 
 class Adamax(_Named):
@@ -264,10 +283,12 @@ class Adamax(_Named):
                  weight_decay: float = 0, foreach: bool | None = None, *,
                  maximize: bool = False, differentiable: bool = False, capturable: bool = False,
                  fused: bool | None = None, nonfinite: str = "raise", master_weights: bool = False,
-                 stochastic_rounding: bool = False) -> None:
+                 stochastic_rounding: bool = False,
+                 state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize),
                          foreach=foreach, fused=fused, capturable=capturable,
                          differentiable=differentiable, nonfinite=nonfinite,
                          master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding)
+                         stochastic_rounding=stochastic_rounding,
+                         state_dtype=state_dtype)

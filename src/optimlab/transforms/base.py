@@ -40,6 +40,10 @@ class Bucket:
     All share device, dtype and step count. ``state`` maps a state key to the list of that
     state's tensors, aligned with ``params``. ``new_keys`` names the state entries created at
     this step (a momentum buffer created now starts from the update, as in torch.optim.SGD).
+    ``stored`` maps the keys of states kept in bfloat16 for float32 parameters (the chain's
+    ``state_dtype``) to their stored tensors: ``state`` then holds float32 copies, which the
+    chain rounds back (stochastically, seeded by ``seed``) after the rules ran; rules see only
+    ``state``.
     """
 
     params: list[Tensor]
@@ -47,6 +51,8 @@ class Bucket:
     state: dict[str, list[Tensor]]
     step: int
     new_keys: frozenset[str] = field(default_factory=frozenset)
+    stored: dict[str, list[Tensor]] = field(default_factory=dict)
+    seed: Any = 0
 
 
 def _tensor_number(name: str, value: Tensor) -> float | int | bool:
