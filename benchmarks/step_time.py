@@ -93,6 +93,11 @@ BYTES_PER_PARAM_FP32: dict[str, int] = {
     "adadelta": 4 * (4 + 3),
 }
 
+#: Per-element state tensors each optimizer reads and writes (with the settings below): with
+#: ``state_dtype=torch.bfloat16`` each moves 2 + 2 bytes per parameter instead of 4 + 4.
+STATE_TENSORS: dict[str, int] = {"sgd": 1, "adagrad": 1, "rmsprop": 1, "adam": 2, "adamw": 2,
+                                 "nadam": 2, "radam": 2, "adamax": 2, "adadelta": 2}
+
 #: Representative settings, passed as-is to both optimlab and torch.optim.
 SETTINGS: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 1e-2, "momentum": 0.9},
@@ -106,7 +111,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "adamax": {"lr": 2e-3},
 }
 
-IMPLS = ("optimlab", "optimlab fused", "torch foreach", "torch fused", "torch compiled")
+IMPLS = ("optimlab", "optimlab fused", "optimlab fused bf16", "torch foreach", "torch fused",
+         "torch compiled")
+#: Implementations run unless --impls says otherwise ("optimlab fused bf16": --bf16-states).
+DEFAULT_IMPLS = tuple(i for i in IMPLS if i != "optimlab fused bf16")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 
@@ -121,6 +129,7 @@ class ModelShape:
     d_model: int
     layers: int
     vocab: int
+    extra: int = 0  # additional (d_model,) vectors (norm weights), to reach a tensor count
 
     def shapes(self) -> list[tuple[int, ...]]:
         d = self.d_model
@@ -135,22 +144,35 @@ class ModelShape:
                 (d,), (d,),             # LayerNorm 2 weight, bias
             ]
         out += [(d,), (d,)]  # final LayerNorm
+        out += [(d,)] * self.extra
         return out
 
     def numel(self) -> int:
         return sum(math.prod(s) for s in self.shapes())
 
 
-def choose_shape(target: float, layers: int, embed_share: float = 0.2) -> ModelShape:
+def choose_shape(target: float, layers: int, embed_share: float = 0.2,
+                 tensors: int | None = None) -> ModelShape:
     """Pick d_model (so the blocks hold about ``1 - embed_share`` of ``target``) and the vocab
-    (to fill the rest), giving a total within ``d_model`` parameters of ``target``."""
+    (to fill the rest), giving a total within ``d_model`` parameters of ``target``.
+
+    ``tensors``: the exact number of tensors wanted (at least 15); the layers are then as many
+    as fit (12 tensors each, plus the embedding and the final LayerNorm) and the rest are extra
+    ``(d_model,)`` vectors.
+    """
+    extra = 0
+    if tensors is not None:
+        if tensors < 15:
+            raise ValueError(f"tensors must be at least 15 (one layer), got {tensors}")
+        layers = (tensors - 3) // 12
+        extra = tensors - (12 * layers + 3)
     per_layer_d2 = 12 * layers  # 3d^2 + d^2 + 4d^2 + 4d^2 per layer
     d = math.sqrt((1.0 - embed_share) * target / per_layer_d2)
     step = 64 if d >= 512 else 8
     d_model = max(8, int(d // step) * step)  # rounded down, so the vocab stays positive
-    blocks = ModelShape(d_model, layers, 0).numel()
+    blocks = ModelShape(d_model, layers, 0, extra).numel()
     vocab = max(1, round((target - blocks) / d_model))
-    return ModelShape(d_model, layers, vocab)
+    return ModelShape(d_model, layers, vocab, extra)
 
 
 def make_params(shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, device: torch.device,
@@ -256,6 +278,7 @@ class Result:
     leftover_bytes: int | None = None  # CUDA only: still allocated after the cleanup
     vs_torch: float = float("nan")
     vs_floor: float = float("nan")
+    floor_ms: float = float("nan")  # this implementation's own byte floor (bf16 states: less)
 
 
 def build(impl: str, name: str, params: list[torch.nn.Parameter], nonfinite: str
@@ -269,6 +292,9 @@ def build(impl: str, name: str, params: list[torch.nn.Parameter], nonfinite: str
         opt = ol_cls(params, **kwargs, nonfinite=nonfinite)
     elif impl == "optimlab fused":
         opt = ol_cls(params, **kwargs, nonfinite=nonfinite, fused=True)
+    elif impl == "optimlab fused bf16":
+        opt = ol_cls(params, **kwargs, nonfinite=nonfinite, fused=True,
+                     state_dtype=torch.bfloat16)
     elif impl == "torch foreach":
         opt = torch_cls(params, **kwargs, foreach=True)
     elif impl == "torch fused":
@@ -297,7 +323,7 @@ def run_impl(impl: str, name: str, shapes: Sequence[tuple[int, ...]], dtype: tor
         # only then can the memory be collected and handed back.
         res = _run_impl(impl, name, shapes, dtype, device, warmup, repeat, nonfinite)
     finally:
-        if impl in ("optimlab fused", "torch compiled"):
+        if impl in ("optimlab fused", "optimlab fused bf16", "torch compiled"):
             # Compiled code can hold on to the optimizer (and its state) through dynamo's
             # caches; drop them so one implementation's memory is not charged to the next.
             torch._dynamo.reset()
@@ -396,17 +422,30 @@ def print_table(rows: list[dict[str, Any]], device: torch.device) -> None:
 
 
 def summarize(row: dict[str, Any]) -> str:
+    """One line per optimizer: optimlab's best fp32-state time against torch's best and against
+    the byte floor, and the bf16-state variant (when timed) against optimlab's fp32 time."""
     ok = [r for r in row["results"] if r.status == "ok"]
-    ours = [r for r in ok if r.impl.startswith("optimlab")]
+    ours = [r for r in ok if r.impl in ("optimlab", "optimlab fused")]
     theirs = [r for r in ok if r.impl.startswith("torch")]
+    lines = []
     if not ours or not theirs:
-        return f"{row['name']}: not enough results to compare"
-    a = min(ours, key=lambda r: r.median_ms)
-    b = min(theirs, key=lambda r: r.median_ms)
-    ratio = a.median_ms / b.median_ms
-    verdict = "faster" if ratio < 1 else "slower"
-    return (f"{row['name']}: best optimlab = {a.impl} {a.median_ms:.3f} ms, best torch = "
-            f"{b.impl} {b.median_ms:.3f} ms -> optimlab {ratio:.2f}x ({verdict})")
+        lines.append(f"{row['name']}: not enough results to compare")
+    else:
+        a = min(ours, key=lambda r: r.median_ms)
+        b = min(theirs, key=lambda r: r.median_ms)
+        ratio = a.median_ms / b.median_ms
+        verdict = "faster" if ratio < 1 else "slower"
+        lines.append(f"{row['name']}: best optimlab = {a.impl} {a.median_ms:.3f} ms "
+                     f"({a.vs_floor:.2f}x floor), best torch = {b.impl} {b.median_ms:.3f} ms "
+                     f"({b.vs_floor:.2f}x floor) -> optimlab {ratio:.2f}x ({verdict})")
+    bf16 = [r for r in ok if r.impl == "optimlab fused bf16"]
+    fp32 = [r for r in ok if r.impl == "optimlab fused"]
+    if bf16 and fp32:
+        lines.append(f"{row['name']}: bf16 states {bf16[0].median_ms:.3f} ms = "
+                     f"{bf16[0].median_ms / fp32[0].median_ms:.2f}x optimlab fused with fp32 "
+                     f"states, {bf16[0].vs_floor:.2f}x its own floor "
+                     f"({row['bf16_states_bytes_per_param']} B/param)")
+    return "\n".join(lines)
 
 
 # ----- main -----------------------------------------------------------------------------------
@@ -420,7 +459,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--layers", type=int, default=4,
                     help="transformer layers (12 tensors each); d_model and vocab follow from "
                          "--params (default 4)")
+    ap.add_argument("--tensors", type=int, default=None,
+                    help="exact number of tensors (>= 15; overrides --layers: as many layers as "
+                         "fit, the rest extra (d_model,) vectors)")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    ap.add_argument("--impls", default=None,
+                    help=f"comma-separated implementations (default: {', '.join(DEFAULT_IMPLS)}"
+                         "; 'torch compiled' only where --torch-compiled is on)")
+    ap.add_argument("--bf16-states", action="store_true",
+                    help="also time 'optimlab fused bf16': fused=True with "
+                         "state_dtype=torch.bfloat16 (states stored in bfloat16)")
     ap.add_argument("--optimizers", default=",".join(SETTINGS),
                     help="comma-separated names (default: all nine)")
     ap.add_argument("--repeat", type=int, default=None,
@@ -455,6 +503,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         ap.error(f"unknown optimizers {unknown}; choose from {', '.join(SETTINGS)}")
     args.optimizers = names
+    impls = ([i.strip() for i in args.impls.split(",") if i.strip()] if args.impls
+             else list(DEFAULT_IMPLS))
+    bad = [i for i in impls if i not in IMPLS]
+    if bad:
+        ap.error(f"unknown implementations {bad}; choose from {', '.join(IMPLS)}")
+    if args.bf16_states and "optimlab fused bf16" not in impls:
+        impls.insert(impls.index("optimlab fused") + 1 if "optimlab fused" in impls else 0,
+                     "optimlab fused bf16")
+    if not args.torch_compiled and "torch compiled" in impls:
+        impls.remove("torch compiled")
+    args.impls = impls
+    if args.tensors is not None and args.tensors < 15:
+        ap.error(f"--tensors must be at least 15, got {args.tensors}")
     if args.repeat < 1 or args.warmup < 0 or args.params < 1 or args.layers < 1:
         ap.error("--repeat and --layers must be >= 1, --warmup >= 0, --params >= 1")
     return args
@@ -479,19 +540,20 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{env['gpu_sms']} SMs, {env['gpu_memory_bytes'] / 2**30:.0f} GiB), "
               f"triton {env['triton']}")
 
-    shape = choose_shape(args.params, args.layers)
+    shape = choose_shape(args.params, args.layers, tensors=args.tensors)
     shapes = shape.shapes()
     n_params = shape.numel()
     itemsize = torch.empty((), dtype=dtype).element_size()
     print(f"parameters: {n_params:,} in {len(shapes)} tensors ({args.dtype}; d_model "
-          f"{shape.d_model}, {shape.layers} layers, vocab {shape.vocab}) on {device}")
+          f"{shape.d_model}, {shape.layers} layers, vocab {shape.vocab}, {shape.extra} extra "
+          f"vectors) on {device}")
 
     bw = measure_bandwidth(device, args.bandwidth_mib * 2**20, max(args.repeat, 5))
     if device.type == "cuda":
         torch.cuda.empty_cache()
     print(f"copy bandwidth: {bw['gb_per_s']:.1f} GB/s (read + write, "
           f"{args.bandwidth_mib} MiB copied, median of {len(bw['times_s'])})")
-    impls = [i for i in IMPLS if args.torch_compiled or i != "torch compiled"]
+    impls = args.impls
     print(f"timing: {args.warmup} warm-up steps, median of {args.repeat}; implementations: "
           f"{', '.join(impls)}; optimlab nonfinite={args.nonfinite!r}\n")
 
@@ -522,6 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.optimizers:
         bytes_per_param = BYTES_PER_PARAM_FP32[name] * itemsize // 4
         floor_s = n_params * bytes_per_param / (bw["gb_per_s"] * 1e9)
+        # bf16 states: each state tensor is read and written at 2 bytes instead of itemsize.
+        bf16_bytes = bytes_per_param - 2 * STATE_TENSORS[name] * (itemsize - 2)
+        bf16_floor_s = n_params * bf16_bytes / (bw["gb_per_s"] * 1e9)
         results = []
         for impl in impls:
             r = run_impl(impl, name, shapes, dtype, device, args.warmup, args.repeat,
@@ -540,9 +605,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if r.status == "ok":
                 if base is not None:
                     r.vs_torch = r.median_ms / base.median_ms
-                r.vs_floor = r.median_ms / (1e3 * floor_s)
+                own = bf16_floor_s if r.impl == "optimlab fused bf16" else floor_s
+                r.floor_ms = 1e3 * own
+                r.vs_floor = r.median_ms / r.floor_ms
         rows.append({"name": name, "settings": SETTINGS[name],
                      "bytes_per_param": bytes_per_param, "floor_ms": 1e3 * floor_s,
+                     "bf16_states_bytes_per_param": bf16_bytes,
                      "base": base.impl if base else None, "results": results})
         write_json(rows, [summarize(row) for row in rows], complete=False)
 

@@ -252,19 +252,21 @@ SHAPES = [(3,), (2, 3), (4, 1, 2)]
 
 
 def run_steps(opt_factory: Callable[[list[torch.Tensor]], torch.optim.Optimizer], steps: int,
-              dtype: torch.dtype = torch.float32, seed: int = 0, *, feedback: bool = True
-              ) -> tuple[list[list[torch.Tensor]], torch.optim.Optimizer]:
-    """Run ``steps`` steps; return the parameters after each step and the optimizer.
+              dtype: torch.dtype = torch.float32, seed: int = 0, *, feedback: bool = True,
+              device: str = "cpu") -> tuple[list[list[torch.Tensor]], torch.optim.Optimizer]:
+    """Run ``steps`` steps; return the parameters after each step (on the CPU) and the optimizer.
 
     ``feedback=True``: the gradients are those of a random quadratic
     ``sum_i 0.5 |A_i vec(p_i) - c_i|^2``, taken by autograd at the iterates.
     ``feedback=False``: a fixed sequence of random gradients, independent of the iterates.
     """
     rng = np.random.default_rng(seed)
-    params = [torch.tensor(rng.standard_normal(s), dtype=dtype, requires_grad=True)
-              for s in SHAPES]
-    mats = [torch.tensor(rng.standard_normal((8, p.numel())) / 3, dtype=dtype) for p in params]
-    targets = [torch.tensor(5 * rng.standard_normal(8), dtype=dtype) for _ in params]
+    params = [torch.tensor(rng.standard_normal(s), dtype=dtype, device=device,
+                           requires_grad=True) for s in SHAPES]
+    mats = [torch.tensor(rng.standard_normal((8, p.numel())) / 3, dtype=dtype, device=device)
+            for p in params]
+    targets = [torch.tensor(5 * rng.standard_normal(8), dtype=dtype, device=device)
+               for _ in params]
     opt = opt_factory(params)
     out = []
     for _ in range(steps):
@@ -275,9 +277,9 @@ def run_steps(opt_factory: Callable[[list[torch.Tensor]], torch.optim.Optimizer]
             loss.backward()
         else:
             for p in params:
-                p.grad = torch.tensor(rng.standard_normal(p.shape), dtype=dtype)
+                p.grad = torch.tensor(rng.standard_normal(p.shape), dtype=dtype, device=device)
         opt.step()
-        out.append([p.detach().clone() for p in params])
+        out.append([p.detach().cpu().clone() for p in params])
     return out, opt
 
 
@@ -318,11 +320,16 @@ FUSED_CASES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize(("name", "kwargs"), FUSED_CASES,
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(FUSED_CASES)])
-def test_fused_equals_eager(name: str, kwargs: dict[str, Any]) -> None:
-    """``fused=True`` (the chain compiled by torch.compile) == eager, float32, 10 steps.
+def test_fused_equals_eager(name: str, kwargs: dict[str, Any], device: str) -> None:
+    """``fused=True`` (the chain compiled by torch.compile) == eager, float32, 10 steps, on the
+    CPU and (where there is one) on a CUDA GPU.
 
     The gradients are a fixed random sequence, so the check isolates the arithmetic of the two
     paths. With gradients taken at the iterates, a one-ulp difference of the parameters changes
@@ -330,10 +337,12 @@ def test_fused_equals_eager(name: str, kwargs: dict[str, Any]) -> None:
     ``A^T (A p - c)``), and the adaptive rules divide by those entries' own scale: eager float32
     and eager float64 already part by ~5e-7 within 10 steps on such a problem.
     """
-    eager, _ = run_steps(lambda ps: getattr(ol, name)(ps, **kwargs), 10, feedback=False)
+    eager, _ = run_steps(lambda ps: getattr(ol, name)(ps, **kwargs), 10, feedback=False,
+                         device=device)
     torch._dynamo.reset()  # compile anew, so that the generated code is seen
     (fused, opt), code = run_and_get_code(
-        run_steps, lambda ps: getattr(ol, name)(ps, fused=True, **kwargs), 10, feedback=False)
+        run_steps, lambda ps: getattr(ol, name)(ps, fused=True, **kwargs), 10, feedback=False,
+        device=device)
     assert opt._compiled is not None  # the compiled path really ran (private attribute)
     # A scalar read back to the host (``.item()``) would be a synchronization per step on GPUs.
     assert code and not any(".item()" in c for c in code)
