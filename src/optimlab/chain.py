@@ -36,9 +36,9 @@ same bits and the compiled kernel reads and writes 2 bytes per state element and
 
 from __future__ import annotations
 
-import types
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,6 +46,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _ops as ops
+from ._compiled import CompiledStep
 from .precision import stochastic_round_, stochastic_round_hashed
 from .transforms.adaptive import scalar_dtype
 from .transforms.base import Bucket, Transform, check_range
@@ -152,7 +153,9 @@ class ChainOptimizer(Optimizer):
         self.nonfinite = nonfinite
         self.skipped_steps = 0
         self.info: dict[str, Tensor] = {}
-        self._compiled: Callable[..., Any] | None = None
+        self._compiled: CompiledStep | None = None
+        self._plan: _Plan | None = None
+        self._plan_version = 0  # bumped by whatever may invalidate a cached plan
         super().__init__(params, merged)
 
     # ----- structure ---------------------------------------------------------------------------
@@ -163,6 +166,7 @@ class ChainOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (validated: its hyperparameters must be in range, its keys known)."""
         super().add_param_group(param_group)
+        self._plan_version = getattr(self, "_plan_version", 0) + 1
         group = self.param_groups[-1]
         try:
             self._validate_group(group)
@@ -185,6 +189,8 @@ class ChainOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._plan, self._plan_version = None, 0
+        self.__dict__.setdefault("_compiled", None)
         self.__dict__.setdefault("master_weights", False)
         self.__dict__.setdefault("stochastic_rounding", False)
         self.__dict__.setdefault("state_dtype", None)
@@ -201,6 +207,7 @@ class ChainOptimizer(Optimizer):
         (the master copy, the rules' states) stays fp32 (torch.optim casts it to the
         parameter's dtype)."""
         super().load_state_dict(state_dict)
+        self._plan_version += 1
         if self.state_dtype is not None:
             # torch.optim casts floating state to the parameter's dtype; keep it as stored.
             for p, st in self.state.items():
@@ -266,13 +273,19 @@ class ChainOptimizer(Optimizer):
             raise NonFiniteGradientError(self._nonfinite_message())
 
         writeback: list[tuple[list[Tensor], list[Tensor], bool]] = []
-        buckets, chains, groups = self._make_buckets(work, writeback)
+        planned = self._planned_buckets(work)
+        if planned is None:
+            buckets, chains, groups = self._make_buckets(work, writeback)
+            token = None
+        else:
+            buckets, chains, groups = planned
+            token = self._plan.token if self._plan is not None else None
         if not buckets:
             return loss
         scalars = [[t.prepare(g, b) for t in ch] for b, ch, g in zip(buckets, chains, groups)]
         maximize = [bool(g["maximize"]) for g in groups]
         if self.defaults.get("fused"):
-            self.info = self._run_compiled(buckets, chains, groups, scalars, maximize)
+            self.info = self._run_compiled(buckets, chains, groups, scalars, maximize, token)
         else:
             self.info = run_chains(buckets, chains, groups, scalars, maximize)
         for dst, src, stochastic in writeback:  # fp32 results into low-precision tensors
@@ -325,7 +338,9 @@ class ChainOptimizer(Optimizer):
         buckets: list[Bucket] = []
         chains: list[tuple[Transform, ...]] = []
         groups: list[dict[str, Any]] = []
-        for group, ps, gs in work:
+        n_writeback = len(writeback) if writeback is not None else 0
+        entries: list[_PlanEntry] = []
+        for wi, (group, ps, gs) in enumerate(work):
             if not ps:
                 continue
             chain_ = self.transforms_for(group)
@@ -378,6 +393,68 @@ class ChainOptimizer(Optimizer):
                                       _rounding_seed(step)))
                 chains.append(chain_)
                 groups.append(group)
+                entries.append(_PlanEntry(wi, idx, params, state, stored, dtype.is_complex,
+                                          [self.state[ps[i]]["step"] for i in idx]))
+        fresh_any = any(b.new_keys for b in buckets)
+        lowp = writeback is not None and len(writeback) > n_writeback
+        self._plan = None if (fresh_any or lowp or not buckets) else self._new_plan(work, entries)
+        return buckets, chains, groups
+
+    # ----- the cached bucket plan ------------------------------------------------------------
+    def _work_key(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
+                  ) -> tuple[Any, ...]:
+        return tuple((id(g), tuple(map(id, ps)), self.transforms_for(g),
+                      tuple(t.needed_state(g) for t in self.transforms_for(g)))
+                     for g, ps, _ in work)
+
+    def _new_plan(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]],
+                  entries: list[_PlanEntry]) -> _Plan:
+        refs: list[tuple[Tensor, dict[str, Any], tuple[tuple[str, Tensor], ...]]] = []
+        steps = []
+        for _, ps, _ in work:
+            for p in ps:
+                st = self.state[p]
+                refs.append((p, st, tuple(st.items())))
+                steps.append(st["step"])
+        token = (self._plan.token + 1) if self._plan is not None else 0
+        cpu = all(p.device.type == "cpu" for e in entries for p in e.params) and all(
+            s.device.type == "cpu" for s in steps)
+        return _Plan(token, self._plan_version, self._work_key(work), refs, steps, entries, cpu)
+
+    def _planned_buckets(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
+                         ) -> tuple[list[Bucket], list[tuple[Transform, ...]],
+                                    list[dict[str, Any]]] | None:
+        """The buckets of the cached plan, if this step has the plan's structure: the same
+        groups, parameters with gradients, rules, needed states and state tensors. Steady-state
+        training steps take this path: it skips regrouping the parameters and reading every
+        step count. ``None``: build the buckets afresh."""
+        plan = self._plan
+        if plan is None or plan.version != self._plan_version:
+            return None
+        if self._work_key(work) != plan.key:
+            return None
+        state = self.state
+        for p, st, items in plan.refs:
+            if state.get(p) is not st or len(st) != len(items):
+                return None
+            for k, v in items:
+                if st.get(k) is not v:
+                    return None
+        # CPU step counts are incremented by the chain itself (inside the compiled kernel on
+        # the fused path, where 0-dim CPU tensors otherwise cost a dispatch each).
+        later = plan.cpu
+        if not later:
+            torch._foreach_add_(plan.steps, 1.0)
+        buckets, chains, groups = [], [], []
+        for e in plan.entries:
+            group, _, gs = work[e.work_index]
+            grads = [gs[i] for i in e.idx]
+            step = int(e.step.item()) + later
+            buckets.append(Bucket(e.params, _as_real(grads) if e.complex else grads,
+                                  dict(e.state), step, frozenset(), dict(e.stored),
+                                  _rounding_seed(step), e.steps if later else []))
+            chains.append(self.transforms_for(group))
+            groups.append(group)
         return buckets, chains, groups
 
     def _to_fp32(self, params: list[Tensor], grads: list[Tensor], state: dict[str, list[Tensor]],
@@ -409,40 +486,41 @@ class ChainOptimizer(Optimizer):
 
     def _run_compiled(self, buckets: list[Bucket], chains: list[tuple[Transform, ...]],
                       groups: list[dict[str, Any]], scalars: list[list[dict[str, Any]]],
-                      maximize: list[bool]) -> dict[str, Tensor]:
+                      maximize: list[bool], token: int | None) -> dict[str, Tensor]:
         if self._compiled is None:
-            # A code object of its own per optimizer: dynamo's recompile budget is kept per code
-            # object, so optimizers with different structures must not share one.
-            code = _run_flat.__code__.replace(co_name=f"optimlab_{type(self).__name__}_step")
-            fn = types.FunctionType(code, _run_flat.__globals__, code.co_name)
-            self._compiled = torch.compile(fn, fullgraph=True)
-        # Every float scalar of a bucket (learning rate, bias corrections, ...) goes into one
-        # small tensor, moved to the device with a single asynchronous copy (from pinned
-        # memory on CUDA): creating one device tensor per scalar would be one blocking copy,
-        # and so one host synchronization, each. The compiled code reads the scalars from that
-        # tensor by position, so new values never recompile.
-        layout = []
-        for b, sc_list in zip(buckets, scalars):
-            p0 = b.params[0]
-            dt = p0.dtype if p0.dtype in (torch.float32, torch.float64) else torch.float32
-            values: list[float] = []
-            static: list[dict[str, Any]] = []
-            index: list[dict[str, int]] = []
-            for sc in sc_list:
-                static.append({k: v for k, v in sc.items() if not isinstance(v, float)})
-                index.append({})
-                for k, v in sc.items():
-                    if isinstance(v, float):
-                        index[-1][k] = len(values)
-                        values.append(v)
-            static.append({})  # the rounding seed rides along, last
-            index.append({"seed": len(values)})
-            values.append(float(b.seed))
-            layout.append((_device_scalars(values, dt, p0.device), static, index))
-        # step and new_keys were consumed by prepare(); keeping them out of the graph means a
-        # new step count never triggers a recompile.
-        flat = [(b.params, b.grads, b.state, b.stored) for b in buckets]
-        return self._compiled(flat, chains, groups, layout, maximize)
+            self._compiled = CompiledStep(type(self).__name__, _run_flat)
+        return self._compiled(buckets, chains, groups, scalars, maximize, token)
+
+
+@dataclass
+class _PlanEntry:
+    """One bucket of a cached plan: where its gradients are in the step's work list, and the
+    tensors that stay the same from step to step."""
+
+    work_index: int
+    idx: list[int]
+    params: list[Tensor]
+    state: dict[str, list[Tensor]]
+    stored: dict[str, list[Tensor]]
+    complex: bool
+    steps: list[Tensor]  # the step counts (all equal)
+
+    @property
+    def step(self) -> Tensor:
+        return self.steps[0]
+
+
+@dataclass
+class _Plan:
+    """The bucket structure of the last step, reused while nothing it depends on changed."""
+
+    token: int
+    version: int
+    key: tuple[Any, ...]
+    refs: list[tuple[Tensor, dict[str, Any], tuple[tuple[str, Tensor], ...]]]
+    steps: list[Tensor]
+    entries: list[_PlanEntry]
+    cpu: bool = False  # every parameter and step count on the CPU
 
 
 def _check_transform(t: object) -> None:
@@ -469,6 +547,8 @@ def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
     """
     info: dict[str, Tensor] = {}
     for b in buckets:
+        if b.steps:  # here, the increment is part of the compiled kernel (CPU)
+            torch._foreach_add_(b.steps, 1.0)
         for k, vs in b.stored.items():
             b.state[k] = [v.to(b.params[0].dtype) for v in vs]
     us = [ops.neg(b.grads) if mx else list(b.grads) for b, mx in zip(buckets, maximize)]
@@ -515,26 +595,15 @@ def _rounding_seed(step: int) -> int:
     return (step * 0x9E3779B1 + 0x5DEECE6) % (1 << 24)
 
 
-def _device_scalars(values: list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``values`` as one tensor on ``device``, copied without a host synchronization."""
-    host = torch.tensor(values, dtype=dtype)
-    if device.type == "cpu":
-        return host
-    if device.type == "cuda":
-        # The pinned block is recycled by torch's caching host allocator only once the copy
-        # that reads it has completed, so the asynchronous copy is safe.
-        host = host.pin_memory()
-    return host.to(device, non_blocking=True)
-
-
 def _run_flat(flat: list[tuple[Any, ...]], chains: list[tuple[Transform, ...]],
               groups: list[dict[str, Any]],
               layout: list[tuple[Tensor, list[dict[str, Any]], list[dict[str, int]]]],
               maximize: list[bool]) -> dict[str, Tensor]:
     scalars = [[{**st, **{k: values[j] for k, j in ix.items()}} for st, ix in zip(static, index)]
                for values, static, index in layout]
-    buckets = [Bucket(list(p), list(g), dict(s), 0, stored=dict(lo), seed=sc.pop()["seed"])
-               for (p, g, s, lo), sc in zip(flat, scalars)]
+    buckets = [Bucket(list(p), list(g), dict(s), 0, stored=dict(lo), seed=sc.pop()["seed"],
+                      steps=list(st))
+               for (p, g, s, lo, st), sc in zip(flat, scalars)]
     return run_chains(buckets, chains, groups, scalars, maximize)
 
 

@@ -53,6 +53,8 @@ class Bucket:
     new_keys: frozenset[str] = field(default_factory=frozenset)
     stored: dict[str, list[Tensor]] = field(default_factory=dict)
     seed: Any = 0
+    #: Step-count tensors the chain still has to increment (``step`` already counts this step).
+    steps: list[Tensor] = field(default_factory=list)
 
 
 def _tensor_number(name: str, value: Tensor) -> float | int | bool:

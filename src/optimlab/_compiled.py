@@ -1,0 +1,231 @@
+"""The compiled (``fused=True``) step: :func:`optimlab.chain.run_chains` under torch.compile.
+
+The update math is the transforms' own (the same ``run_chains`` as the eager path); this module
+only decides how the compiled code is called, cheaply:
+
+* the per-step float scalars (learning rate, bias corrections, ...) of a bucket travel in one
+  small tensor, copied to the device once per step without a host synchronization, and are read
+  by position inside the graph, so new values never recompile;
+* inductor's per-input size asserts are off (dynamo's guards check sizes and strides already);
+* once warm, the compiled graph is called directly, skipping dynamo's guard evaluation (a few
+  hundred tensor checks per step, most of a small model's step time): the graph inputs are
+  located once (their dynamo sources), and the step checks the few things that can change
+  between steps instead — the gradients' layouts, the data pointers of the parameters and
+  states, and the structural step settings. Anything unexpected takes the dynamo path, which
+  re-validates everything (and recompiles when needed).
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .transforms.base import Bucket, Transform
+
+Layout = list[tuple[Tensor, list[dict[str, Any]], list[dict[str, int]]]]
+
+#: Inductor settings of the compiled step, by device type. Dynamo's guards check the inputs'
+#: sizes and strides already. Alignment matters on GPUs (the kernels are specialized for aligned
+#: inputs, and a mutated input cannot be copied to an aligned one), so the check stays there.
+INDUCTOR_OPTIONS = {"cpu": {"size_asserts": False, "alignment_asserts": False},
+                    "cuda": {"size_asserts": False}}
+
+_INDEX = re.compile(r"\[(\d+|'[^']*')\]")
+
+
+def scalar_layout(buckets: Sequence[Bucket], scalars: Sequence[Sequence[dict[str, Any]]]
+                  ) -> Layout:
+    """Each bucket's float scalars in one device tensor, the rest as static values.
+
+    Returns, per bucket, ``(values, static, index)``: ``values`` the tensor; ``static[k]`` the
+    non-float scalars of the bucket's ``k``-th rule; ``index[k]`` maps that rule's float scalars
+    to their position in ``values``. A last ``{"seed": i}`` entry holds the rounding seed.
+    """
+    layout = []
+    for b, sc_list in zip(buckets, scalars):
+        p0 = b.params[0]
+        dt = p0.dtype if p0.dtype in (torch.float32, torch.float64) else torch.float32
+        values: list[float] = []
+        static: list[dict[str, Any]] = []
+        index: list[dict[str, int]] = []
+        for sc in sc_list:
+            static.append({k: v for k, v in sc.items() if not isinstance(v, float)})
+            index.append({})
+            for k, v in sc.items():
+                if isinstance(v, float):
+                    index[-1][k] = len(values)
+                    values.append(v)
+        static.append({})  # the rounding seed rides along, last
+        index.append({"seed": len(values)})
+        values.append(float(b.seed))
+        layout.append((_device_scalars(values, dt, p0.device), static, index))
+    return layout
+
+
+def _device_scalars(values: list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``values`` as one tensor on ``device``, copied without a host synchronization."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cpu":
+        return host
+    if device.type == "cuda":
+        # The pinned block is recycled by torch's caching host allocator only once the copy
+        # that reads it has completed, so the asynchronous copy is safe.
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
+class CompiledStep:
+    """Runs the chains of a step through one compiled graph (see the module docstring)."""
+
+    def __init__(self, name: str, run_flat: Callable[..., dict[str, Tensor]]) -> None:
+        # A code object of its own per optimizer: dynamo's recompile budget is kept per code
+        # object, so optimizers with different structures must not share one.
+        code = run_flat.__code__.replace(co_name=f"optimlab_{name}_step")
+        fn = types.FunctionType(code, run_flat.__globals__, code.co_name)
+        self._fn = torch.compile(fn, fullgraph=True, backend=self._backend)
+        self._capture: tuple[list[str], Callable[..., Any]] | None = None
+        self._direct: _Direct | None = None
+
+    def _backend(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        from torch._inductor.compile_fx import compile_fx
+
+        devices = {t.device.type for t in example_inputs if isinstance(t, Tensor)}
+        options = INDUCTOR_OPTIONS["cpu"] if devices == {"cpu"} else INDUCTOR_OPTIONS["cuda"]
+        compiled = compile_fx(gm, example_inputs, config_patches=options)
+        try:
+            sources = [node.meta["grapharg"].source.name for node in gm.graph.nodes
+                       if node.op == "placeholder"]
+        except (KeyError, AttributeError):  # another torch version: no direct calls
+            return compiled
+        self._capture = (sources, compiled)
+        return compiled
+
+    def __call__(self, buckets: list[Bucket], chains: list[tuple[Transform, ...]],
+                 groups: list[dict[str, Any]], scalars: list[list[dict[str, Any]]],
+                 maximize: list[bool], token: int | None) -> dict[str, Tensor]:
+        """Step ``buckets``; ``token`` names the optimizer's cached bucket plan (``None``: the
+        buckets were built afresh), for which a direct call may be bound."""
+        layout = scalar_layout(buckets, scalars)
+        signature = (tuple(map(id, (t for c in chains for t in c))), tuple(maximize),
+                     [(st, ix) for _, st, ix in layout],
+                     tuple((len(b.grads), len(b.steps), tuple(b.stored)) for b in buckets))
+        direct = self._direct
+        if token is not None and direct is not None and direct.signature == signature:
+            if direct.token != token:
+                direct.bind(token, buckets, layout)
+            if direct.token == token and direct.call(buckets, layout):
+                return {}
+        flat = [(b.params, b.grads, b.state, b.stored, b.steps) for b in buckets]
+        self._capture = None
+        info = self._fn(flat, chains, groups, layout, maximize)
+        if self._capture is not None:  # this call compiled: its inputs can be located
+            sources, compiled = self._capture
+            self._direct = _Direct.build(sources, compiled, flat, layout, signature) \
+                if not info else None
+        return info
+
+
+class _Direct:
+    """A compiled graph called without dynamo, its inputs gathered from the step's buckets."""
+
+    def __init__(self, compiled: Callable[..., Any], signature: Any,
+                 paths: list[tuple[Any, ...]], template: list[Any]) -> None:
+        self.compiled = compiled
+        self.signature = signature
+        self.paths = paths
+        self.template = template
+        self.token: int | None = None
+        # filled by bind(): the argument list with the per-step slots to fill
+        self.args: list[Any] = []
+        self.grad_slots: list[tuple[int, int, int, tuple[Any, ...]]] = []
+        self.scalar_slots: list[tuple[int, int]] = []
+        self.fixed: list[tuple[Tensor, int]] = []
+        self.last_grads: list[list[Tensor | None]] = []
+
+    @classmethod
+    def build(cls, sources: list[str], compiled: Callable[..., Any], flat: list[Any],
+              layout: Layout, signature: Any) -> _Direct | None:
+        paths = []
+        for name in sources:
+            path = _parse(name)
+            if path is None or path[0] not in ("flat", "layout"):
+                return None
+            paths.append(path)
+        root = {"flat": flat, "layout": layout}
+        template = [_resolve(root, p) for p in paths]
+        if not all(isinstance(t, Tensor) for t in template):
+            return None
+        return cls(compiled, signature, paths, template)
+
+    def bind(self, token: int, buckets: list[Bucket], layout: Layout) -> None:
+        """Locate the inputs in ``buckets`` (once per plan); bound only if every parameter and
+        state tensor is the one the graph was compiled with (same object, same memory)."""
+        self.token = None
+        root = {"flat": [(b.params, b.grads, b.state, b.stored, b.steps) for b in buckets],
+                "layout": layout}
+        args: list[Any] = []
+        grads, scals, fixed = [], [], []
+        self.last_grads = [[None] * len(b.grads) for b in buckets]  # all checked on first use
+        for pos, (path, was) in enumerate(zip(self.paths, self.template)):
+            try:
+                now = _resolve(root, path)
+            except (IndexError, KeyError, TypeError):
+                return
+            if path[0] == "layout":
+                scals.append((pos, path[1]))
+            elif path[2] == 1:  # a gradient: may be a new tensor each step, same layout
+                grads.append((pos, path[1], path[3], _meta(was)))
+            elif now is not was:
+                return
+            elif path[2] == 0:  # a parameter: ``p.data = ...`` keeps the object, not the memory
+                fixed.append((now, now.data_ptr()))
+            args.append(now)
+        self.args, self.grad_slots, self.scalar_slots, self.fixed = args, grads, scals, fixed
+        self.token = token
+
+    def call(self, buckets: list[Bucket], layout: Layout) -> bool:
+        """Run the graph; False (nothing run) if an input is not what it was compiled for."""
+        for t, ptr in self.fixed:
+            if t.data_ptr() != ptr:  # e.g. ``p.data = ...``: let dynamo look again
+                return False
+        args = list(self.args)
+        last = self.last_grads
+        for pos, b, j, meta in self.grad_slots:
+            g = buckets[b].grads[j]
+            if g is not last[b][j]:  # a new gradient tensor (zero_grad(set_to_none=True))
+                if _meta(g) != meta:
+                    return False
+                last[b][j] = g
+            args[pos] = g
+        for pos, b in self.scalar_slots:
+            args[pos] = layout[b][0]
+        self.compiled(*args)
+        return True
+
+
+def _meta(t: Tensor) -> tuple[Any, ...]:
+    """What the compiled graph assumed of a gradient: layout, dtype, device, 16-byte alignment."""
+    return (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
+
+
+def _parse(source: str) -> tuple[Any, ...] | None:
+    """``"L['flat'][0][2]['exp_avg'][3]"`` -> ``('flat', 0, 2, 'exp_avg', 3)``."""
+    m = re.fullmatch(r"L\['(\w+)'\]((?:\[(?:\d+|'[^']*')\])*)", source)
+    if m is None:
+        return None
+    keys: list[Any] = [m.group(1)]
+    for k in _INDEX.findall(m.group(2)):
+        keys.append(k[1:-1] if k.startswith("'") else int(k))
+    return tuple(keys)
+
+
+def _resolve(root: dict[str, Any], path: tuple[Any, ...]) -> Any:
+    x: Any = root[path[0]]
+    for k in path[1:]:
+        x = x[k]
+    return x
