@@ -235,8 +235,11 @@ def measure_bandwidth(device: torch.device, nbytes: int, repeat: int) -> dict[st
 
 
 # ----- timing ---------------------------------------------------------------------------------
-def time_steps(fn: StepFn, device: torch.device, repeat: int) -> list[float]:
-    """Seconds per call of ``fn``, each call timed on its own."""
+def time_steps(fn: StepFn, device: torch.device, repeat: int,
+               host: list[float] | None = None) -> list[float]:
+    """Seconds per call of ``fn``, each call timed on its own (on CUDA: device time between
+    events; ``host`` then receives the seconds each call took on the host, without waiting for
+    the device: a step whose host time exceeds its device time leaves the GPU idle)."""
     times: list[float] = []
     if device.type == "cuda":
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
@@ -244,7 +247,10 @@ def time_steps(fn: StepFn, device: torch.device, repeat: int) -> list[float]:
         sync(device)
         for start, end in events:
             start.record()
+            t0 = time.perf_counter()
             fn()
+            if host is not None:
+                host.append(time.perf_counter() - t0)
             end.record()
         sync(device)
         times = [start.elapsed_time(end) / 1e3 for start, end in events]
@@ -279,6 +285,7 @@ class Result:
     vs_torch: float = float("nan")
     vs_floor: float = float("nan")
     floor_ms: float = float("nan")  # this implementation's own byte floor (bf16 states: less)
+    host_ms: float = float("nan")  # CUDA only: median host time of a step (no device wait)
 
 
 def build(impl: str, name: str, params: list[torch.nn.Parameter], nonfinite: str
@@ -378,8 +385,11 @@ def _run_impl(impl: str, name: str, shapes: Sequence[tuple[int, ...]], dtype: to
             torch.cuda.reset_peak_memory_stats(device)
         for _ in range(warmup):
             step()
-        times = time_steps(step, device, repeat)
+        host: list[float] = []
+        times = time_steps(step, device, repeat, host)
         res.times_ms = [1e3 * t for t in times]
+        if host:
+            res.host_ms = 1e3 * statistics.median(host)
         res.median_ms = statistics.median(res.times_ms)
         res.state_bytes = state_bytes(opt)
         if device.type == "cuda":
@@ -595,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shown = (f"{r.median_ms:.3f} ms (first step {r.first_step_s:.2f} s)"
                      if r.status == "ok" else f"{r.status} {r.note}")
             if r.peak_memory_bytes is not None:
-                shown += f", peak {mib(r.peak_memory_bytes)} MiB"
+                shown += f", peak {mib(r.peak_memory_bytes)} MiB, host {r.host_ms:.3f} ms"
             if r.leftover_bytes:
                 shown += f", LEFT ALLOCATED {mib(r.leftover_bytes)} MiB"
             print(f"  {name:<9} {impl:<15} {shown}", file=sys.stderr, flush=True)

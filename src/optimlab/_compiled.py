@@ -10,9 +10,14 @@ only decides how the compiled code is called, cheaply:
 * once warm, the compiled graph is called directly, skipping dynamo's guard evaluation (a few
   hundred tensor checks per step, most of a small model's step time): the graph inputs are
   located once (their dynamo sources), and the step checks the few things that can change
-  between steps instead — the gradients' layouts, the data pointers of the parameters and
-  states, and the structural step settings. Anything unexpected takes the dynamo path, which
-  re-validates everything (and recompiles when needed).
+  between steps instead — the gradients' layouts, the data pointers of the parameters, and
+  the structural step settings. Anything unexpected takes the dynamo path, which re-validates
+  everything (and recompiles when needed);
+* on CUDA the direct call is captured once into a CUDA graph and replayed: one launch per step
+  whatever the number of kernels, and no Python in between. A replay needs every input at the
+  address it was captured with: the parameters and states never move, and the gradients
+  usually come back at the same addresses from the caching allocator; when they do not, the
+  graph is captured again (a few times at most, then the plain direct call is used).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ INDUCTOR_OPTIONS = {"cpu": {"size_asserts": False, "alignment_asserts": False},
                     "cuda": {"size_asserts": False}}
 
 _INDEX = re.compile(r"\[(\d+|'[^']*')\]")
+
+#: Captures of one compiled step into a CUDA graph before falling back to plain calls (the
+#: gradients keep moving: the graph would be recaptured every step).
+MAX_CAPTURES = 4
 
 
 def scalar_layout(buckets: Sequence[Bucket], scalars: Sequence[Sequence[dict[str, Any]]]
@@ -146,6 +155,11 @@ class _Direct:
         self.scalar_slots: list[tuple[int, int]] = []
         self.fixed: list[tuple[Tensor, int]] = []
         self.last_grads: list[list[Tensor | None]] = []
+        # CUDA graph of the call (see the module docstring)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_ptrs: list[int] = []
+        self.graph_scalars: list[Tensor] = []
+        self.captures = 0
 
     @classmethod
     def build(cls, sources: list[str], compiled: Callable[..., Any], flat: list[Any],
@@ -186,12 +200,14 @@ class _Direct:
                 fixed.append((now, now.data_ptr()))
             args.append(now)
         self.args, self.grad_slots, self.scalar_slots, self.fixed = args, grads, scals, fixed
+        self.graph = None
         self.token = token
 
     def call(self, buckets: list[Bucket], layout: Layout) -> bool:
         """Run the graph; False (nothing run) if an input is not what it was compiled for."""
         for t, ptr in self.fixed:
-            if t.data_ptr() != ptr:  # e.g. ``p.data = ...``: let dynamo look again
+            if t.data_ptr() != ptr:  # e.g. ``p.data = ...``: let dynamo look again, rebind
+                self.token, self.graph = None, None
                 return False
         args = list(self.args)
         last = self.last_grads
@@ -204,8 +220,42 @@ class _Direct:
             args[pos] = g
         for pos, b in self.scalar_slots:
             args[pos] = layout[b][0]
+        if self._graphable(args):
+            ptrs = [args[pos].data_ptr() for pos, _, _, _ in self.grad_slots]
+            if self.graph is None or ptrs != self.graph_ptrs:
+                self._capture(args, ptrs)
+            if self.graph is not None:
+                for (pos, _), buf in zip(self.scalar_slots, self.graph_scalars):
+                    buf.copy_(args[pos], non_blocking=True)
+                self.graph.replay()
+                return True
         self.compiled(*args)
         return True
+
+    def _graphable(self, args: list[Any]) -> bool:
+        if not args or args[0].device.type != "cuda":
+            return False
+        if self.graph is None and self.captures >= MAX_CAPTURES:
+            return False
+        # inside a capture of the caller's own: be part of it, as a plain call
+        return not torch.cuda.is_current_stream_capturing()
+
+    def _capture(self, args: list[Any], ptrs: list[int]) -> None:
+        """Record one call into a CUDA graph (nothing runs: the caller replays it)."""
+        self.graph = None
+        self.captures += 1
+        static = list(args)
+        self.graph_scalars = [args[pos].clone() for pos, _ in self.scalar_slots]
+        for (pos, _), buf in zip(self.scalar_slots, self.graph_scalars):
+            static[pos] = buf
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.compiled(*static)
+        except RuntimeError:  # not capturable here: plain calls from now on
+            self.captures = MAX_CAPTURES
+            return
+        self.graph, self.graph_ptrs = graph, ptrs
 
 
 def _meta(t: Tensor) -> tuple[Any, ...]:

@@ -208,6 +208,13 @@ class ChainOptimizer(Optimizer):
         parameter's dtype)."""
         super().load_state_dict(state_dict)
         self._plan_version += 1
+        # torch.optim moves ``step`` to the parameter's device for fused groups, and every other
+        # scalar state (NAdam's ``mu_product``) always: keep scalar states on the CPU, where
+        # the step reads them (a device scalar would cost a synchronization per step).
+        for st in self.state.values():
+            for k, v in st.items():
+                if isinstance(v, Tensor) and v.dim() == 0 and v.device.type != "cpu":
+                    st[k] = v.to("cpu")
         if self.state_dtype is not None:
             # torch.optim casts floating state to the parameter's dtype; keep it as stored.
             for p, st in self.state.items():
@@ -283,6 +290,9 @@ class ChainOptimizer(Optimizer):
         if not buckets:
             return loss
         scalars = [[t.prepare(g, b) for t in ch] for b, ch, g in zip(buckets, chains, groups)]
+        for b, ch, scs in zip(buckets, chains, scalars):
+            for t, sc in zip(ch, scs):
+                t.host_update(b, sc)
         maximize = [bool(g["maximize"]) for g in groups]
         if self.defaults.get("fused"):
             self.info = self._run_compiled(buckets, chains, groups, scalars, maximize, token)

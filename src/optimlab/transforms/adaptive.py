@@ -52,8 +52,10 @@ def scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _scalar_state(param: Tensor, value: float) -> Tensor:
-    return torch.tensor(value, dtype=scalar_dtype(), device=param.device)
+def _scalar_state(value: float) -> Tensor:
+    """A per-parameter scalar state, on the CPU as torch.optim keeps it (without
+    ``capturable``): the step reads it on the host with no device synchronization."""
+    return torch.tensor(value, dtype=scalar_dtype())
 
 
 class ScaleByAdagrad(Transform):
@@ -287,7 +289,7 @@ class ScaleByNAdam(_Moments):
 
     def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
         m, v, mu = self.state_names()
-        return {m: zeros_like(param), v: zeros_like(param), mu: _scalar_state(param, 1.0)}
+        return {m: zeros_like(param), v: zeros_like(param), mu: _scalar_state(1.0)}
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
         b1, b2 = self._betas(group)
@@ -300,8 +302,10 @@ class ScaleByNAdam(_Moments):
         return {**self._moment_scalars(group), "mu": mu, "bc2_sqrt": math.sqrt(1.0 - b2**t),
                 "c_grad": (1.0 - mu) / (1.0 - prod), "c_avg": mu_next / (1.0 - prod * mu_next)}
 
-    def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+    def host_update(self, b: Bucket, sc: Mapping[str, Any]) -> None:
         ops.mul_(b.state[self.sk("mu_product")], sc["mu"])
+
+    def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         m, v = self._update_moments(u, b, sc)
         denom = ops.sqrt(v)
         ops.div_(denom, sc["bc2_sqrt"])

@@ -187,6 +187,11 @@ class Transform:
         """Return the transformed update list."""
         return u
 
+    def host_update(self, b: Bucket, sc: Mapping[str, Any]) -> None:
+        """Update this rule's host-side state (scalar tensors on the CPU, such as NAdam's
+        ``mu_product``) for the step; runs after :meth:`prepare` and before :meth:`apply`,
+        outside any compiled code, on both paths."""
+
     def after_step(self, b: Bucket, sc: Mapping[str, Any]) -> None:
         """Act on the parameters after the update was added (proximal steps)."""
 
