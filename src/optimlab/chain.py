@@ -374,12 +374,18 @@ class ChainOptimizer(Optimizer):
                                          else v)
                                 new_keys[id(p)].add(k)
                 steps.append(st["step"])
-            torch._foreach_add_(steps, 1.0)
+            # CPU step counts are incremented by the chain itself (inside the compiled kernel on
+            # the fused path, where 0-dim CPU tensors otherwise cost a dispatch each).
+            later = all(p.device.type == "cpu" for p in ps) and all(
+                s.device.type == "cpu" for s in steps)
+            if not later:
+                torch._foreach_add_(steps, 1.0)
             keys_all = [k for keys in needed for k in keys]
             single = group.get("foreach") is False
             split: dict[Any, list[int]] = defaultdict(list)
             for i, (p, s) in enumerate(zip(ps, steps)):
-                key = (p.device, p.dtype, int(s.item()), frozenset(new_keys.get(id(p), ())))
+                key = (p.device, p.dtype, int(s.item()) + later,
+                       frozenset(new_keys.get(id(p), ())))
                 split[(key, i) if single else key].append(i)
             for key, idx in split.items():
                 if single:
@@ -400,7 +406,8 @@ class ChainOptimizer(Optimizer):
                           if vs and vs[0].dtype == torch.bfloat16
                           and dtype in (torch.float32, torch.float64)}
                 buckets.append(Bucket(params, grads, state, step, fresh, stored,
-                                      _rounding_seed(step)))
+                                      _rounding_seed(step),
+                                      [steps[i] for i in idx] if later else []))
                 chains.append(chain_)
                 groups.append(group)
                 entries.append(_PlanEntry(wi, idx, params, state, stored, dtype.is_complex,
@@ -450,9 +457,7 @@ class ChainOptimizer(Optimizer):
             for k, v in items:
                 if st.get(k) is not v:
                     return None
-        # CPU step counts are incremented by the chain itself (inside the compiled kernel on
-        # the fused path, where 0-dim CPU tensors otherwise cost a dispatch each).
-        later = plan.cpu
+        later = plan.cpu  # as in _make_buckets
         if not later:
             torch._foreach_add_(plan.steps, 1.0)
         buckets, chains, groups = [], [], []
