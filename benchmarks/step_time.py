@@ -19,6 +19,11 @@ torch.optim's defaults) by up to five implementations:
 Each implementation gets its own parameters, gradients and state (regenerated from the same
 seed), is warmed up, then timed step by step in steady state (nothing is reset between steps):
 ``torch.cuda.Event`` pairs on CUDA, ``time.perf_counter`` on CPU. The table shows the median.
+On CUDA the implementations run one after the other (each freed before the next: 1B parameters
+fit once); on the CPU they are built together and timed one step each in turn, in alternating
+order (``--interleave``), so that a shared machine's drifting speed affects all alike. On CUDA
+the host time of a step (without waiting for the device) is reported too: when it exceeds the
+device time, the GPU idles and the step is host-bound.
 The first step (state allocation, and the compile for compiled implementations, which
 torch.compile caches on disk across processes) is reported separately in seconds.
 
@@ -402,6 +407,50 @@ def _run_impl(impl: str, name: str, shapes: Sequence[tuple[int, ...]], dtype: to
     return res
 
 
+def run_interleaved(impls: Sequence[str], name: str, shapes: Sequence[tuple[int, ...]],
+                    dtype: torch.dtype, device: torch.device, warmup: int, repeat: int,
+                    nonfinite: str) -> list[Result]:
+    """CPU: every implementation at once (each with its own parameters, gradients and state),
+    timed one step each in turn, in alternating order, so that a machine whose speed drifts
+    (shared hosts, memory-bandwidth phases) weighs on all of them alike."""
+    results = {impl: Result(impl) for impl in impls}
+    steps: dict[str, tuple[torch.optim.Optimizer, StepFn, list[torch.nn.Parameter]]] = {}
+    for impl in impls:
+        res = results[impl]
+        try:
+            params = make_params(shapes, dtype, device)
+            opt, step = build(impl, name, params, nonfinite)
+            t0 = time.perf_counter()
+            step()
+            res.first_step_s = time.perf_counter() - t0
+            steps[impl] = (opt, step, params)
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+            if impl == "torch fused" and _fused_unavailable(e):
+                res.status = "n/a"
+                res.note = (f"torch.optim has no fused {optimlab.OPTIMIZERS[name].__name__}"
+                            if isinstance(e, TypeError)
+                            else f"{type(e).__name__}: {str(e).splitlines()[0]}")
+            else:
+                res.status, res.note = "error", f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    for _ in range(warmup):
+        for _, step, _ in steps.values():
+            step()
+    order = list(steps)
+    for r in range(repeat):
+        for impl in (order if r % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            steps[impl][1]()
+            results[impl].times_ms.append(1e3 * (time.perf_counter() - t0))
+    for impl, (opt, _, params) in steps.items():
+        res = results[impl]
+        res.median_ms = statistics.median(res.times_ms)
+        res.state_bytes = state_bytes(opt)
+        bad = [i for i, p in enumerate(params) if not bool(torch.isfinite(p).all())]
+        if bad:
+            res.status, res.note = "error", f"non-finite parameters (tensors {bad[:5]})"
+    return [results[impl] for impl in impls]
+
+
 # ----- report ---------------------------------------------------------------------------------
 def fmt(x: float, spec: str) -> str:
     return "-" if math.isnan(x) else format(x, spec)
@@ -492,6 +541,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="optimlab's inf/NaN gradient check; 'raise' is the library default, "
                          "'ignore' skips it as torch.optim does (one read of the gradients "
                          "less)")
+    ap.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                    help="time all implementations of an optimizer together, one step each "
+                         "in turn (default: on for CPU; off for CUDA, where 1B parameters do "
+                         "not fit five times)")
     ap.add_argument("--bandwidth-mib", type=int, default=None,
                     help="size of the copied tensor (default 256 on CPU, 2048 on CUDA)")
     ap.add_argument("--json", type=Path, default=None, metavar="PATH",
@@ -507,6 +560,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.repeat = args.repeat if args.repeat is not None else (50 if cuda else 20)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 3)
     args.torch_compiled = cuda if args.torch_compiled is None else args.torch_compiled
+    args.interleave = (not cuda) if args.interleave is None else args.interleave
     args.bandwidth_mib = args.bandwidth_mib or (2048 if cuda else 256)
     names = [n.strip().lower() for n in args.optimizers.split(",") if n.strip()]
     unknown = [n for n in names if n not in SETTINGS]
@@ -598,9 +652,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         bf16_bytes = bytes_per_param - 2 * STATE_TENSORS[name] * (itemsize - 2)
         bf16_floor_s = n_params * bf16_bytes / (bw["gb_per_s"] * 1e9)
         results = []
-        for impl in impls:
-            r = run_impl(impl, name, shapes, dtype, device, args.warmup, args.repeat,
-                         args.nonfinite)
+        together = (run_interleaved(impls, name, shapes, dtype, device, args.warmup,
+                                    args.repeat, args.nonfinite) if args.interleave else None)
+        for i, impl in enumerate(impls):
+            r = together[i] if together is not None else run_impl(
+                impl, name, shapes, dtype, device, args.warmup, args.repeat, args.nonfinite)
             results.append(r)
             shown = (f"{r.median_ms:.3f} ms (first step {r.first_step_s:.2f} s)"
                      if r.status == "ok" else f"{r.status} {r.note}")

@@ -196,7 +196,10 @@ class _Direct:
                 grads.append((pos, path[1], path[3], _meta(was)))
             elif now is not was:
                 return
-            elif path[2] == 0:  # a parameter: ``p.data = ...`` keeps the object, not the memory
+            elif path[2] == 0 and now.device.type != "cpu":
+                # a parameter: ``p.data = ...`` keeps the object, not the memory; a CUDA graph
+                # (and a kernel specialized for alignment) must see the memory move. (CPU
+                # kernels take the parameter's current memory, aligned or not.)
                 fixed.append((now, now.data_ptr()))
             args.append(now)
         self.args, self.grad_slots, self.scalar_slots, self.fixed = args, grads, scals, fixed
