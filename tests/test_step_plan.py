@@ -82,8 +82,24 @@ def state_reloaded(t: int, ps: list[torch.Tensor], opt: torch.optim.Optimizer,
         opt.load_state_dict(opt.state_dict())  # new state tensors, same values
 
 
+def state_entry_replaced(t: int, ps: list[torch.Tensor], opt: torch.optim.Optimizer,
+                         gen: torch.Generator) -> None:
+    grads_new_each_step(t, ps, opt, gen)
+    if t == 8:
+        for p in ps:  # a new tensor in place of the first moment (a momentum reset)
+            opt.state[p]["exp_avg"] = torch.zeros_like(p)
+
+
+def state_of_one_parameter_cleared(t: int, ps: list[torch.Tensor], opt: torch.optim.Optimizer,
+                                   gen: torch.Generator) -> None:
+    grads_new_each_step(t, ps, opt, gen)
+    if t == 8:
+        opt.state[ps[2]] = {}  # starts over (step 0) for this parameter
+
+
 SCENARIOS = [grads_new_each_step, grads_updated_in_place, some_grads_missing,
-             param_data_replaced, hyperparameter_changed, strided_grad, state_reloaded]
+             param_data_replaced, hyperparameter_changed, strided_grad, state_reloaded,
+             state_entry_replaced, state_of_one_parameter_cleared]
 
 
 def run(make: Callable[[list[torch.Tensor]], torch.optim.Optimizer], scenario: Scenario,
@@ -146,3 +162,19 @@ def test_a_state_needed_from_mid_training_on(fused: bool) -> None:
     ours = run(lambda ps: ol.SGD(ps, lr=0.05, fused=fused), momentum_on)
     for t, (a, b) in enumerate(zip(ours, ref, strict=True), start=1):
         assert max_relative_error(a, b) <= RTOL, f"step {t}"
+
+
+def test_state_dict_holds_plain_dicts_and_loads_with_weights_only(tmp_path: Any) -> None:
+    ps = [torch.randn(s).requires_grad_(True) for s in SHAPES]
+    opt = ol.Adam(ps)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    path = tmp_path / "opt.pt"
+    torch.save(opt.state_dict(), path)
+    sd = torch.load(path, weights_only=True)
+    assert all(type(v) is dict for v in sd["state"].values())
+    again = ol.Adam([p.detach().clone().requires_grad_(True) for p in ps])
+    again.load_state_dict(sd)
+    assert torch.equal(again.state[again.param_groups[0]["params"][0]]["exp_avg"],
+                       opt.state[ps[0]]["exp_avg"])

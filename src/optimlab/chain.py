@@ -47,6 +47,7 @@ from torch.optim import Optimizer
 
 from . import _ops as ops
 from ._compiled import CompiledStep
+from ._state import MutationCounter, TrackedState
 from .precision import stochastic_round_, stochastic_round_hashed
 from .transforms.adaptive import scalar_dtype
 from .transforms.base import Bucket, Transform, check_range
@@ -156,7 +157,9 @@ class ChainOptimizer(Optimizer):
         self._compiled: CompiledStep | None = None
         self._plan: _Plan | None = None
         self._plan_version = 0  # bumped by whatever may invalidate a cached plan
+        self._mutations = MutationCounter()
         super().__init__(params, merged)
+        self.state = TrackedState(self._mutations, self.state)
 
     # ----- structure ---------------------------------------------------------------------------
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
@@ -190,6 +193,8 @@ class ChainOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._plan, self._plan_version = None, 0
+        self._mutations = MutationCounter()
+        self.state = TrackedState(self._mutations, self.state)
         self.__dict__.setdefault("_compiled", None)
         self.__dict__.setdefault("master_weights", False)
         self.__dict__.setdefault("stochastic_rounding", False)
@@ -201,6 +206,12 @@ class ChainOptimizer(Optimizer):
             # Checkpoints from torch < 1.12 store `step` as a Python number.
             if "step" in st and not isinstance(st["step"], Tensor):
                 st["step"] = torch.tensor(float(st["step"]), dtype=scalar_dtype())
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict, with plain dicts (loadable with ``weights_only=True``)."""
+        out = super().state_dict()
+        out["state"] = {k: dict(v) if isinstance(v, dict) else v for k, v in out["state"].items()}
+        return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; with ``master_weights``, fp32 state of low-precision parameters
@@ -426,23 +437,19 @@ class ChainOptimizer(Optimizer):
 
     def _new_plan(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]],
                   entries: list[_PlanEntry]) -> _Plan:
-        refs: list[tuple[Tensor, dict[str, Any], tuple[tuple[str, Tensor], ...]]] = []
-        steps = []
-        for _, ps, _ in work:
-            for p in ps:
-                st = self.state[p]
-                refs.append((p, st, tuple(st.items())))
-                steps.append(st["step"])
+        steps = [self.state[p]["step"] for _, ps, _ in work for p in ps]
         token = (self._plan.token + 1) if self._plan is not None else 0
         cpu = all(p.device.type == "cpu" for e in entries for p in e.params) and all(
             s.device.type == "cpu" for s in steps)
-        return _Plan(token, self._plan_version, self._work_key(work), refs, steps, entries, cpu)
+        return _Plan(token, self._plan_version, self._work_key(work),
+                     (self.state, self._mutations.n), steps, entries, cpu)
 
     def _planned_buckets(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
                          ) -> tuple[list[Bucket], list[tuple[Transform, ...]],
                                     list[dict[str, Any]]] | None:
         """The buckets of the cached plan, if this step has the plan's structure: the same
-        groups, parameters with gradients, rules, needed states and state tensors. Steady-state
+        groups, parameters with gradients, rules and needed states, and no state entry changed
+        (``optimizer.state`` counts its mutations: :mod:`optimlab._state`). Steady-state
         training steps take this path: it skips regrouping the parameters and reading every
         step count. ``None``: build the buckets afresh."""
         plan = self._plan
@@ -450,13 +457,9 @@ class ChainOptimizer(Optimizer):
             return None
         if self._work_key(work) != plan.key:
             return None
-        state = self.state
-        for p, st, items in plan.refs:
-            if state.get(p) is not st or len(st) != len(items):
-                return None
-            for k, v in items:
-                if st.get(k) is not v:
-                    return None
+        state, mutations = plan.state
+        if self.state is not state or self._mutations.n != mutations:
+            return None  # a state entry was set, replaced or deleted since
         later = plan.cpu  # as in _make_buckets
         if not later:
             torch._foreach_add_(plan.steps, 1.0)
@@ -532,7 +535,7 @@ class _Plan:
     token: int
     version: int
     key: tuple[Any, ...]
-    refs: list[tuple[Tensor, dict[str, Any], tuple[tuple[str, Tensor], ...]]]
+    state: tuple[Any, int]  # the optimizer's state dict and its mutation count
     steps: list[Tensor]
     entries: list[_PlanEntry]
     cpu: bool = False  # every parameter and step count on the CPU
