@@ -270,18 +270,17 @@ class ChainOptimizer(Optimizer):
 
         work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] = []
         for gi, group in enumerate(self.param_groups):
-            ps, gs = [], []
-            for pi, p in enumerate(group["params"]):
-                g = p.grad
-                if g is None:
-                    continue
-                if g.is_sparse:
-                    raise RuntimeError(
-                        f"{type(self).__name__} does not support sparse gradients (param group "
-                        f"{gi}, parameter {pi}); use torch.optim.SparseAdam or a dense gradient"
-                    )
-                ps.append(p)
-                gs.append(g)
+            ps = group["params"]
+            gs = [p.grad for p in ps]
+            if any(g is None for g in gs):  # parameters without a gradient are left alone
+                ps = [p for p, g in zip(ps, gs) if g is not None]
+                gs = [g for g in gs if g is not None]
+            if any(g.is_sparse for g in gs):
+                pi = next(i for i, p in enumerate(group["params"])
+                          if p.grad is not None and p.grad.is_sparse)
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients (param group "
+                    f"{gi}, parameter {pi}); use torch.optim.SparseAdam or a dense gradient")
             work.append((group, ps, gs))
 
         if self.nonfinite != "ignore" and not self._grads_finite(work):
