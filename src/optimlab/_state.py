@@ -25,7 +25,30 @@ class MutationCounter:
         self.n = 0
 
 
-class TrackedDict(dict):  # type: ignore[type-arg]
+class _Counting:
+    """The mutators that only count and defer (shared by both tracked dicts)."""
+
+    __slots__ = ()
+    _counter: MutationCounter
+
+    def __delitem__(self, key: Any) -> None:
+        self._counter.n += 1
+        super().__delitem__(key)  # type: ignore[misc]
+
+    def pop(self, *args: Any) -> Any:
+        self._counter.n += 1
+        return super().pop(*args)  # type: ignore[misc]
+
+    def popitem(self) -> tuple[Any, Any]:
+        self._counter.n += 1
+        return super().popitem()  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self._counter.n += 1
+        super().clear()  # type: ignore[misc]
+
+
+class TrackedDict(_Counting, dict):  # type: ignore[type-arg]
     """A parameter's state dict that counts its mutations (see the module docstring)."""
 
     __slots__ = ("_counter",)
@@ -38,26 +61,9 @@ class TrackedDict(dict):  # type: ignore[type-arg]
         self._counter.n += 1
         super().__setitem__(key, value)
 
-    def __delitem__(self, key: Any) -> None:
-        self._counter.n += 1
-        super().__delitem__(key)
-
     def __ior__(self, other: Any) -> TrackedDict:
-        self._counter.n += 1
-        super().update(other)
+        self.update(other)
         return self
-
-    def pop(self, *args: Any) -> Any:
-        self._counter.n += 1
-        return super().pop(*args)
-
-    def popitem(self) -> tuple[Any, Any]:
-        self._counter.n += 1
-        return super().popitem()
-
-    def clear(self) -> None:
-        self._counter.n += 1
-        super().clear()
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         self._counter.n += 1
@@ -71,7 +77,7 @@ class TrackedDict(dict):  # type: ignore[type-arg]
         return (dict, (dict(self),))
 
 
-class TrackedState(defaultdict):  # type: ignore[type-arg]
+class TrackedState(_Counting, defaultdict):  # type: ignore[type-arg]
     """``optimizer.state``: a ``defaultdict`` of :class:`TrackedDict` sharing one counter."""
 
     def __init__(self, counter: MutationCounter,
@@ -90,25 +96,9 @@ class TrackedState(defaultdict):  # type: ignore[type-arg]
         self._counter.n += 1
         super().__setitem__(key, self._wrap(value))
 
-    def __delitem__(self, key: Any) -> None:
-        self._counter.n += 1
-        super().__delitem__(key)
-
     def __ior__(self, other: Any) -> TrackedState:
         self.update(other)
         return self
-
-    def pop(self, *args: Any) -> Any:
-        self._counter.n += 1
-        return super().pop(*args)
-
-    def popitem(self) -> tuple[Any, Any]:
-        self._counter.n += 1
-        return super().popitem()
-
-    def clear(self) -> None:
-        self._counter.n += 1
-        super().clear()
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         self._counter.n += 1
