@@ -178,3 +178,25 @@ def test_state_dict_holds_plain_dicts_and_loads_with_weights_only(tmp_path: Any)
     again.load_state_dict(sd)
     assert torch.equal(again.state[again.param_groups[0]["params"][0]]["exp_avg"],
                        opt.state[ps[0]]["exp_avg"])
+
+
+@pytest.mark.slow
+def test_the_compiled_step_keeps_no_gradient_alive() -> None:
+    """After zero_grad() (set_to_none), the last step's gradients are freed: the direct call
+    of the compiled step remembers their layout, not the tensors."""
+    import gc
+    import weakref
+
+    ps = [torch.randn(s).requires_grad_(True) for s in SHAPES]
+    opt = ol.AdamW(ps, fused=True, nonfinite="ignore")
+    refs = []
+    for _ in range(5):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        refs = [weakref.ref(p.grad) for p in ps]
+        opt.step()
+        opt.zero_grad()
+    gc.collect()
+    assert opt._compiled is not None and opt._compiled._direct is not None
+    assert opt._compiled._direct.token is not None  # the direct call was in use
+    assert all(r() is None for r in refs)

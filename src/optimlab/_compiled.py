@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import types
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -154,7 +155,7 @@ class _Direct:
         self.grad_slots: list[tuple[int, int, int, tuple[Any, ...]]] = []
         self.scalar_slots: list[tuple[int, int]] = []
         self.fixed: list[tuple[Tensor, int]] = []
-        self.last_grads: list[list[Tensor | None]] = []
+        self.last_grads: list[list[weakref.ref[Tensor] | None]] = []
         # CUDA graph of the call (see the module docstring)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_ptrs: list[int] = []
@@ -174,6 +175,11 @@ class _Direct:
         template = [_resolve(root, p) for p in paths]
         if not all(isinstance(t, Tensor) for t in template):
             return None
+        # Only the parameters and states are kept: of a gradient, the layout it had (holding
+        # the tensor would keep a step's gradients alive after zero_grad()); of the scalars,
+        # nothing.
+        template = [None if p[0] == "layout" else _meta(t) if p[2] == 1 else t
+                    for p, t in zip(paths, template)]
         return cls(compiled, signature, paths, template)
 
     def bind(self, token: int, buckets: list[Bucket], layout: Layout) -> None:
@@ -192,8 +198,10 @@ class _Direct:
                 return
             if path[0] == "layout":
                 scals.append((pos, path[1]))
+                now = None  # filled at each call
             elif path[2] == 1:  # a gradient: may be a new tensor each step, same layout
-                grads.append((pos, path[1], path[3], _meta(was)))
+                grads.append((pos, path[1], path[3], was))
+                now = None
             elif now is not was:
                 return
             elif path[2] == 0 and now.device.type != "cpu":
@@ -216,10 +224,11 @@ class _Direct:
         last = self.last_grads
         for pos, b, j, meta in self.grad_slots:
             g = buckets[b].grads[j]
-            if g is not last[b][j]:  # a new gradient tensor (zero_grad(set_to_none=True))
+            seen = last[b][j]
+            if seen is None or seen() is not g:  # a new gradient (zero_grad(set_to_none=True))
                 if _meta(g) != meta:
                     return False
-                last[b][j] = g
+                last[b][j] = weakref.ref(g)  # weak: the old gradients can be freed
             args[pos] = g
         for pos, b in self.scalar_slots:
             args[pos] = layout[b][0]
