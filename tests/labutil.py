@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+
 #: Record fields that measure wall-clock time or memory, which differ between equal runs.
 TIMING = {"train_seconds", "wall_seconds", "time_to_target", "peak_memory_bytes"}
 
@@ -12,3 +16,13 @@ def stable(record: dict) -> dict:
     out["curve"] = {k: v for k, v in record["curve"].items() if k != "time"}
     out["evals"] = {k: v for k, v in record["evals"].items() if k != "time"}
     return out
+
+
+def train(task: Any, opt: torch.optim.Optimizer, steps: int,
+          batch_size: int | None = 32) -> None:
+    """``steps`` optimizer steps on ``task``'s seeded mini-batches (``None``: full batch)."""
+    batches = task.batches(batch_size, torch.Generator().manual_seed(0))
+    for _ in range(steps):
+        opt.zero_grad()
+        task.loss(next(batches)).backward()
+        opt.step()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from labutil import train
 from torch import nn
 
 import optimlab.lab.tasks.neural  # noqa: F401  (registers the tasks)
@@ -36,15 +37,6 @@ def _task(name: str, seed: int = 0, **options: Any) -> Task:
 
 def _count(model: nn.Module, kind: type[nn.Module]) -> int:
     return sum(isinstance(m, kind) for m in model.modules())
-
-
-def _train(task: Task, opt: torch.optim.Optimizer, steps: int,
-           batch_size: int | None = 32) -> None:
-    batches = task.batches(batch_size, torch.Generator().manual_seed(0))
-    for _ in range(steps):
-        opt.zero_grad()
-        task.loss(next(batches)).backward()
-        opt.step()
 
 
 def test_registered() -> None:
@@ -87,7 +79,7 @@ def test_deterministic(name: str, options: dict[str, Any]) -> None:
     # Same seed, same training trajectory (dropout draws from the global RNG).
     for task in (a, b):
         torch.manual_seed(0)
-        _train(task, torch.optim.SGD(task.parameters(), lr=0.05), steps=3)
+        train(task, torch.optim.SGD(task.parameters(), lr=0.05), steps=3)
     assert a.evaluate() == b.evaluate()
 
 
@@ -101,7 +93,7 @@ def test_training_decreases_loss(name: str, options: dict[str, Any], optimizer: 
     else:
         opt = torch.optim.Adam(task.parameters(), lr=0.01)
     torch.manual_seed(0)
-    _train(task, opt, steps=40)
+    train(task, opt, steps=40)
     after = task.evaluate()
     assert after["train_loss"] < 0.9 * before
     assert math.isfinite(after["val_loss"]) and math.isfinite(after["test_loss"])
@@ -259,7 +251,7 @@ def test_mlp_budget_and_target() -> None:
         opt: torch.optim.Optimizer = (torch.optim.Adam(task.parameters(), lr=1e-3)
                                       if label == "adam" else
                                       torch.optim.SGD(task.parameters(), lr=0.01))
-        _train(task, opt, steps=task.info.steps)
+        train(task, opt, steps=task.info.steps)
         results[label] = task.evaluate()["train_loss"]
     target = make_task("mlp-digits").info.target
     assert results["adam"] < target < results["sgd"]
@@ -308,5 +300,5 @@ def test_robust_losses_beat_mse_with_outliers() -> None:
     assert errors["l1"] < 0.3 * errors["mse"]
     # Without outliers all three recover the true weights.
     task = _task("robust-regression", loss="mse", outliers=0.0)
-    _train(task, torch.optim.Adam(task.parameters(), lr=0.05), steps=300, batch_size=None)
+    train(task, torch.optim.Adam(task.parameters(), lr=0.05), steps=300, batch_size=None)
     assert task.evaluate()["weight_error"] < 0.05

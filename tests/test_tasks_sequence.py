@@ -8,22 +8,14 @@ import os
 import numpy as np
 import pytest
 import torch
+from labutil import train
 
 import optimlab as ol
-from optimlab.lab.tasks import TASKS, Task, make_task, sequence
+from optimlab.lab.tasks import TASKS, make_task, sequence
 from optimlab.lab.tasks.sequence import CharLMTask, MNIST1DTask, make_mnist1d, stdlib_text
 
 SMALL_LM = {"n_chars": 20_000, "context": 32, "eval_windows": 64}
 LMS = ["gru-charlm", "transformer-charlm"]
-
-
-def _train(task: Task, steps: int, batch_size: int, lr: float) -> None:
-    opt = ol.Adam(task.parameters(), lr=lr)
-    batches = task.batches(batch_size, torch.Generator().manual_seed(0))
-    for _ in range(steps):
-        opt.zero_grad()
-        task.loss(next(batches)).backward()
-        opt.step()
 
 
 def test_registered() -> None:
@@ -86,7 +78,7 @@ def test_mnist1d_learnable() -> None:
     # after 300; the published CNN reaches ~0.9+ with 4000 examples and longer training.
     task = make_task("mnist1d-cnn", n_train=2000, n_val=100, n_test=500)
     task.setup(0)
-    _train(task, steps=1000, batch_size=100, lr=3e-3)
+    train(task, ol.Adam(task.parameters(), lr=3e-3), steps=1000, batch_size=100)
     metrics = task.evaluate()
     assert metrics["test_accuracy"] > 0.5
     assert metrics["train_accuracy"] > 0.6
@@ -128,7 +120,7 @@ def test_lm_builds_and_learns(name: str) -> None:
     before = task.evaluate()
     assert abs(before["train_loss"] - math.log(len(task.vocab))) < 1.0
     assert before["bits_per_char"] == pytest.approx(before["val_loss"] / math.log(2))
-    _train(task, steps=30, batch_size=32, lr=3e-3)
+    train(task, ol.Adam(task.parameters(), lr=3e-3), steps=30, batch_size=32)
     after = task.evaluate()
     assert after["train_loss"] < before["train_loss"] - 0.5
     assert after["val_loss"] < before["val_loss"]
