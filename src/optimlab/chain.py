@@ -421,7 +421,7 @@ class ChainOptimizer(Optimizer):
                 chains.append(chain_)
                 groups.append(group)
                 entries.append(_PlanEntry(wi, idx, params, state, stored, dtype.is_complex,
-                                          [self.state[ps[i]]["step"] for i in idx]))
+                                          [steps[i] for i in idx], later))
         fresh_any = any(b.new_keys for b in buckets)
         lowp = writeback is not None and len(writeback) > n_writeback
         self._plan = None if (fresh_any or lowp or not buckets) else self._new_plan(work, entries)
@@ -436,12 +436,10 @@ class ChainOptimizer(Optimizer):
 
     def _new_plan(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]],
                   entries: list[_PlanEntry]) -> _Plan:
-        steps = [self.state[p]["step"] for _, ps, _ in work for p in ps]
         token = (self._plan.token + 1) if self._plan is not None else 0
-        cpu = all(p.device.type == "cpu" for e in entries for p in e.params) and all(
-            s.device.type == "cpu" for s in steps)
+        host_steps = [s for e in entries if not e.deferred for s in e.steps]
         return _Plan(token, self._plan_version, self._work_key(work),
-                     (self.state, self._mutations.n), steps, entries, cpu)
+                     (self.state, self._mutations.n), host_steps, entries)
 
     def _planned_buckets(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
                          ) -> tuple[list[Bucket], list[tuple[Transform, ...]],
@@ -459,17 +457,16 @@ class ChainOptimizer(Optimizer):
         state, mutations = plan.state
         if self.state is not state or self._mutations.n != mutations:
             return None  # a state entry was set, replaced or deleted since
-        later = plan.cpu  # as in _make_buckets
-        if not later:
-            torch._foreach_add_(plan.steps, 1.0)
+        if plan.host_steps:  # as in _make_buckets
+            torch._foreach_add_(plan.host_steps, 1.0)
         buckets, chains, groups = [], [], []
         for e in plan.entries:
             group, _, gs = work[e.work_index]
             grads = [gs[i] for i in e.idx]
-            step = int(e.step.item()) + later
+            step = int(e.steps[0].item()) + e.deferred
             buckets.append(Bucket(e.params, _as_real(grads) if e.complex else grads,
                                   dict(e.state), step, frozenset(), dict(e.stored),
-                                  _rounding_seed(step), e.steps if later else []))
+                                  _rounding_seed(step), e.steps if e.deferred else []))
             chains.append(self.transforms_for(group))
             groups.append(group)
         return buckets, chains, groups
@@ -521,11 +518,7 @@ class _PlanEntry:
     stored: dict[str, list[Tensor]]
     complex: bool
     steps: list[Tensor]  # the step counts (all equal)
-
-    @property
-    def step(self) -> Tensor:
-        return self.steps[0]
-
+    deferred: bool  # the chain increments them (CPU), not the host before the step
 
 @dataclass
 class _Plan:
@@ -535,9 +528,8 @@ class _Plan:
     version: int
     key: tuple[Any, ...]
     state: tuple[Any, int]  # the optimizer's state dict and its mutation count
-    steps: list[Tensor]
+    host_steps: list[Tensor]  # the step counts incremented on the host before a step
     entries: list[_PlanEntry]
-    cpu: bool = False  # every parameter and step count on the CPU
 
 
 def _check_transform(t: object) -> None:
