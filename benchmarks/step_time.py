@@ -360,6 +360,13 @@ def _fused_unavailable(e: BaseException) -> bool:
     return "fused" in msg or "supported devices" in msg
 
 
+def _unavailable_note(e: BaseException, name: str) -> str:
+    """Why torch has no fused kernel here (``e`` passed :func:`_fused_unavailable`)."""
+    if isinstance(e, TypeError):
+        return f"torch.optim has no fused {optimlab.OPTIMIZERS[name].__name__}"
+    return f"{type(e).__name__}: {str(e).splitlines()[0]}"
+
+
 def _run_impl(impl: str, name: str, shapes: Sequence[tuple[int, ...]], dtype: torch.dtype,
               device: torch.device, warmup: int, repeat: int, nonfinite: str) -> Result:
     res = Result(impl)
@@ -378,10 +385,7 @@ def _run_impl(impl: str, name: str, shapes: Sequence[tuple[int, ...]], dtype: to
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
             if impl != "torch fused" or not _fused_unavailable(e):
                 raise
-            res.status = "n/a"
-            res.note = (f"torch.optim has no fused {optimlab.OPTIMIZERS[name].__name__}"
-                        if isinstance(e, TypeError)
-                        else f"{type(e).__name__}: {str(e).splitlines()[0]}")
+            res.status, res.note = "n/a", _unavailable_note(e, name)
             return res
         if device.type == "cuda":
             # The first step's peak includes the compiler's own allocations (inductor clones
@@ -427,10 +431,7 @@ def run_interleaved(impls: Sequence[str], name: str, shapes: Sequence[tuple[int,
             steps[impl] = (opt, step, params)
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
             if impl == "torch fused" and _fused_unavailable(e):
-                res.status = "n/a"
-                res.note = (f"torch.optim has no fused {optimlab.OPTIMIZERS[name].__name__}"
-                            if isinstance(e, TypeError)
-                            else f"{type(e).__name__}: {str(e).splitlines()[0]}")
+                res.status, res.note = "n/a", _unavailable_note(e, name)
             else:
                 res.status, res.note = "error", f"{type(e).__name__}: {str(e).splitlines()[0]}"
     for _ in range(warmup):
