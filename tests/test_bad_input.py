@@ -289,20 +289,31 @@ def test_capturable_is_refused(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_differentiable_is_refused(name: str) -> None:
-    refused(name, "differentiable", differentiable=True)
+def test_differentiable_refusals(name: str) -> None:
+    """differentiable=True is supported (tests/test_hardening.py); not with fused (as
+    torch.optim: RuntimeError), nor with the low-precision storage options."""
+    refused(name, "differentiable", exc=RuntimeError, differentiable=True, fused=True)
+    if "fused" in inspect.signature(theirs(name)).parameters:
+        torch_also_refuses(name, fused=True, differentiable=True)
+    refused(name, "differentiable", differentiable=True, state_dtype=torch.bfloat16)
+    refused(name, "differentiable", differentiable=True, master_weights=True)
+    refused(name, "differentiable", exc=(ValueError, TypeError), differentiable="yes")
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fused_with_foreach(name: str) -> None:
-    refused(name, "fused", fused=True, foreach=True)
+    refused(name, "fused", exc=RuntimeError, fused=True, foreach=True)  # torch's type
     if "fused" in inspect.signature(theirs(name)).parameters:
         torch_also_refuses(name, fused=True, foreach=True)
 
 
-def test_chain_fused_with_foreach_false() -> None:
-    with pytest.raises(ValueError, match="fused"):
-        ol.chain(params(), T.scale_by_adam(), fused=True, foreach=False)
+@pytest.mark.parametrize("name", NAMES)
+def test_fused_with_foreach_false_is_accepted(name: str) -> None:
+    """torch.optim accepts fused=True with foreach=False (fused wins): so do we."""
+    opt = ours(name)(params(), fused=True, foreach=False)
+    assert opt.defaults["fused"] is True
+    opt = ol.chain(params(), T.scale_by_adam(), fused=True, foreach=False)
+    assert opt.defaults["fused"] is True
 
 
 # ----- chain construction ------------------------------------------------------------------------

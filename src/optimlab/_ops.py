@@ -6,11 +6,19 @@ the scalar is a graph input, so a changing learning rate or bias correction neve
 Transforms call only these, so their update math is written once for both paths.
 
 Functions ending in ``_`` modify their first argument in place; the others return new tensors.
+
+The lists may hold DTensors (parameters sharded by FSDP2's ``fully_shard``, their gradients
+and states): DTensor runs each ``_foreach_*`` op on the local shards, and the few ops it has no
+rule for (``_foreach_copy_``) are replaced here by what it does support, so every rule works
+on sharded parameters unchanged. Plain tensors pay one type check for this.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,6 +41,7 @@ __all__ = [
     "copy_",
     "div",
     "div_",
+    "is_dtensor",
     "lerp_",
     "maximum_",
     "mul",
@@ -49,6 +58,26 @@ def _is_tensor(s: object) -> bool:
     return isinstance(s, Tensor)
 
 
+#: Where torch defines DTensor (``torch.distributed._tensor`` before torch 2.5).
+_DTENSOR_MODULES = ("torch.distributed.tensor", "torch.distributed._tensor")
+
+
+def is_dtensor(x: object) -> bool:
+    """Whether ``x`` is a DTensor (``torch.distributed.tensor.DTensor``).
+
+    Never imports ``torch.distributed.tensor`` (most of a second): no DTensor can exist before
+    that module is imported, so for plain tensors in a process that never imported it the check
+    is a ``type`` comparison and two dictionary lookups.
+    """
+    if type(x) is Tensor:
+        return False
+    for name in _DTENSOR_MODULES:
+        cls = getattr(sys.modules.get(name), "DTensor", None)
+        if cls is not None:
+            return isinstance(x, cls)
+    return False
+
+
 def clone(xs: Sequence[Tensor]) -> TensorList:
     """Return copies of ``xs``."""
     return [x.clone() for x in xs]
@@ -56,7 +85,14 @@ def clone(xs: Sequence[Tensor]) -> TensorList:
 
 def copy_(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
     """``x <- y`` elementwise, in place."""
-    torch._foreach_copy_(list(xs), list(ys))
+    xs, ys = list(xs), list(ys)
+    if xs and (is_dtensor(xs[0]) or is_dtensor(ys[0])):
+        # DTensor has no rule for ``_foreach_copy_``; its ``copy_`` copies shard to shard (and
+        # redistributes where the placements differ).
+        for x, y in zip(xs, ys):
+            x.copy_(y)
+    else:
+        torch._foreach_copy_(xs, ys)
 
 
 def neg(xs: Sequence[Tensor]) -> TensorList:
@@ -93,6 +129,11 @@ def _expanded(xs: Sequence[Tensor], s: Tensor) -> TensorList:
     # ``_foreach_add(list, 0-dim tensor)`` is lowered by inductor through ``s.item()``, a host
     # synchronization on CUDA; adding the scalar broadcast to each tensor's shape (a view, no
     # memory) keeps it a kernel input.
+    if xs and is_dtensor(xs[0]):
+        from torch.distributed.tensor import DTensor
+        return [DTensor.from_local(s.expand_as(x.to_local()), x.device_mesh, x.placements,
+                                   run_check=False, shape=x.shape, stride=x.stride())
+                for x in xs]
     return [s.expand_as(x) for x in xs]
 
 
@@ -182,3 +223,58 @@ def abs_(xs: Sequence[Tensor]) -> None:
 def maximum_(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
     """``x <- max(x, y)`` elementwise, in place."""
     torch._foreach_maximum_(list(xs), list(ys))
+
+
+# ----- recorded by autograd (a differentiable step) ----------------------------------------------
+# Autograd saves some operands for the backward pass (``sqrt`` its result, ``mul`` both
+# factors), and an in-place write to a saved tensor makes the backward pass fail. While autograd
+# records (grad mode on and an operand requires grad: ``differentiable=True``), each in-place
+# function above therefore computes its out-of-place form and puts the results in the list in
+# place of the old entries (the list must be a ``list``): the rules read the same either way,
+# and the chain copies the final parameters and states back once (``chain.run_recorded``).
+# Outside autograd (every ordinary step runs under no_grad) the check costs one call.
+def _recording(xs: Sequence[Tensor], args: tuple[object, ...]) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    for a in (xs, *args):
+        for t in a if isinstance(a, (list, tuple)) else (a,):
+            if isinstance(t, Tensor) and t.requires_grad:
+                return True
+    return False
+
+
+def _rebinding(in_place: Callable[..., None],
+               out_of_place: Callable[..., Sequence[Tensor]]) -> Callable[..., None]:
+    @functools.wraps(in_place)
+    def op(xs: list[Tensor], *args: Any) -> None:
+        if _recording(xs, args):
+            if not isinstance(xs, list):
+                raise TypeError(f"{in_place.__name__}: a recorded (differentiable) step needs "
+                                "a list to update")
+            xs[:] = out_of_place(xs, *args)
+        else:
+            in_place(xs, *args)
+    return op
+
+
+def _addc(combine: Callable[..., Any]) -> Callable[..., TensorList]:
+    return lambda xs, a, b, s: add(xs, list(combine(list(a), list(b))), s)
+
+
+copy_ = _rebinding(copy_, lambda xs, ys: list(ys))
+mul_ = _rebinding(mul_, lambda xs, s: list(torch._foreach_mul(
+    list(xs), list(s) if isinstance(s, (list, tuple)) else s)))
+add_ = _rebinding(add_, add)
+add_scalar_ = _rebinding(add_scalar_, add_scalar)
+soft_threshold_ = _rebinding(soft_threshold_, lambda xs, t: list(torch._foreach_sub(
+    list(xs), clamp(xs, -t, t))))
+lerp_ = _rebinding(lerp_, lambda xs, ys, w: add(xs, list(torch._foreach_sub(list(ys), list(xs))),
+                                                w))
+addcmul_ = _rebinding(addcmul_, _addc(torch._foreach_mul))
+addcdiv_ = _rebinding(addcdiv_, _addc(torch._foreach_div))
+sqrt_ = _rebinding(sqrt_, sqrt)
+div_ = _rebinding(div_, div)
+rdiv_ = _rebinding(rdiv_, lambda xs, ys: list(torch._foreach_div(list(ys), list(xs))))
+abs_ = _rebinding(abs_, lambda xs: list(torch._foreach_abs(list(xs))))
+maximum_ = _rebinding(maximum_, lambda xs, ys: list(torch._foreach_maximum(list(xs), list(ys))))
+

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -98,11 +98,29 @@ class ChainOptimizer(Optimizer):
             parameters in bfloat16, written back with stochastic rounding at every step (see the
             module docstring); scalar states (``step``) and the states of bfloat16/float16
             parameters are unaffected. ``None`` (default): states in the parameter's dtype.
+        differentiable: record the step in autograd (as torch.optim's ``differentiable``):
+            gradients of a later loss flow back through the update to the parameters' and
+            the gradients' history, to the states, and to an ``lr`` given as a tensor that
+            requires grad (other hyperparameters are constants of the step). The parameters
+            must then not be leaves that require grad (in-place updates), as in torch.optim.
+            Eager path only (not with ``fused``, ``master_weights``, ``stochastic_rounding``
+            or ``state_dtype``).
+
+    Sparse gradients (``nn.Embedding(sparse=True)``) are stepped one parameter at a time:
+    rules with a sparse formula (Adagrad) or that are the identity for the group's settings
+    (plain SGD) touch only the gradient's rows; before any other rule the update is densified
+    (the result of a dense gradient with zeros elsewhere). Eager path only.
 
     Attributes:
         info: per-step statistics the rules publish (``grad_norm`` from clipping), as tensors.
         skipped_steps: steps skipped under ``nonfinite="skip"``.
     """
+
+    #: Whether parameter groups always carry the ``fused`` key (named optimizers whose
+    #: torch.optim twin has no such key store it only when ``fused=True``).
+    _fused_group_key: ClassVar[bool] = True
+    #: Whether sparse gradients are accepted (named optimizers: as their torch.optim twin).
+    supports_sparse_grads: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -118,7 +136,16 @@ class ChainOptimizer(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         state_dtype: torch.dtype | None = None,
+        differentiable: bool = False,
     ) -> None:
+        if not isinstance(differentiable, bool):
+            raise ValueError(f"differentiable must be a bool, got {differentiable!r}")
+        if differentiable and fused:
+            # torch.optim's exception type and words for the same refusal
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if differentiable and (master_weights or stochastic_rounding or state_dtype is not None):
+            raise ValueError("differentiable=True steps the parameters' own dtype: it cannot be "
+                             "combined with master_weights, stochastic_rounding or state_dtype")
         if state_dtype not in STATE_DTYPES:
             raise ValueError(f"state_dtype must be None or torch.bfloat16, got {state_dtype!r}")
         self.state_dtype = state_dtype
@@ -135,11 +162,8 @@ class ChainOptimizer(Optimizer):
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         if not isinstance(maximize, bool):
             raise ValueError(f"maximize must be a bool, got {maximize!r}")
-        if fused and foreach is False:
-            raise ValueError("fused=True and foreach=False cannot be combined")
         transforms = tuple(transforms)
-        for t in transforms:
-            _check_transform(t)
+        _check_chain(transforms)
         if not any(isinstance(t, ScaleByLearningRate) for t in transforms):
             transforms = (*transforms, ScaleByLearningRate(lr=lr))
         self._transforms = transforms
@@ -150,7 +174,9 @@ class ChainOptimizer(Optimizer):
                     merged[k] = v
         merged.update(defaults or {})
         merged["foreach"] = foreach
-        merged["fused"] = fused
+        if fused or self._fused_group_key:
+            merged["fused"] = fused
+        merged["differentiable"] = differentiable
         self.nonfinite = nonfinite
         self.skipped_steps = 0
         self.info: dict[str, Tensor] = {}
@@ -159,7 +185,27 @@ class ChainOptimizer(Optimizer):
         self._plan_version = 0  # bumped by whatever may invalidate a cached plan
         self._mutations = MutationCounter()
         super().__init__(params, merged)
-        self.state = TrackedState(self._mutations, self.state)
+
+    # ----- optimizer.state -----------------------------------------------------------------
+    # ``optimizer.state`` is always a TrackedState (optimlab._state) sharing this optimizer's
+    # mutation counter, whatever is assigned to it: torch.optim's own ``__init__`` and
+    # ``load_state_dict``, unpickling, and user code that resets an optimizer with
+    # ``opt.state = defaultdict(dict)`` all go through this setter. The cached step plan
+    # relies on it (its invalidation rule: the counter moved, or the dict was replaced).
+    @property  # type: ignore[override]
+    def state(self) -> TrackedState:
+        """Per-parameter state, as torch.optim's ``defaultdict(dict)`` (counting mutations)."""
+        return self.__dict__["state"]
+
+    @state.setter
+    def state(self, value: Mapping[Any, Any]) -> None:
+        counter = self.__dict__.get("_mutations")
+        if counter is None:
+            counter = self._mutations = MutationCounter()
+        if not (isinstance(value, TrackedState) and value._counter is counter):
+            value = TrackedState(counter, value)
+        counter.n += 1
+        self.__dict__["state"] = value
 
     # ----- structure ---------------------------------------------------------------------------
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
@@ -190,21 +236,36 @@ class ChainOptimizer(Optimizer):
         for t in self.transforms_for(group):
             t.validate(group)
 
+    #: What pickling, ``copy.deepcopy`` and ``torch.save(optimizer)`` keep beyond torch.optim's
+    #: ``defaults``/``state``/``param_groups``: the rules and the options (caches are rebuilt).
+    _PICKLED = ("_transforms", "nonfinite", "skipped_steps", "info", "master_weights",
+                "stochastic_rounding", "state_dtype")
+
+    def __getstate__(self) -> dict[str, Any]:
+        out = super().__getstate__()
+        out.update({k: self.__dict__[k] for k in self._PICKLED if k in self.__dict__})
+        return out
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Called when unpickling (and by torch.optim's load_state_dict with the new state and
+        # groups): every cache is dropped, options missing from old pickles get defaults.
+        state = dict(state)
+        raw = state.pop("state", None)
         super().__setstate__(state)
-        self._plan, self._plan_version = None, 0
-        self._mutations = MutationCounter()
-        self.state = TrackedState(self._mutations, self.state)
-        self.__dict__.setdefault("_compiled", None)
-        self.__dict__.setdefault("master_weights", False)
-        self.__dict__.setdefault("stochastic_rounding", False)
-        self.__dict__.setdefault("state_dtype", None)
+        if raw is not None:
+            self.state = raw  # wrapped by the property, with a fresh plan
+        self._plan, self._plan_version = None, self.__dict__.get("_plan_version", 0) + 1
+        self._compiled = None
+        for k, v in (("nonfinite", "raise"), ("skipped_steps", 0), ("info", {}),
+                     ("master_weights", False), ("stochastic_rounding", False),
+                     ("state_dtype", None)):
+            self.__dict__.setdefault(k, v)
         for group in self.param_groups:
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
         for st in self.state.values():
             # Checkpoints from torch < 1.12 store `step` as a Python number.
-            if "step" in st and not isinstance(st["step"], Tensor):
+            if isinstance(st, dict) and "step" in st and not isinstance(st["step"], Tensor):
                 st["step"] = torch.tensor(float(st["step"]), dtype=scalar_dtype())
 
     def state_dict(self) -> dict[str, Any]:
@@ -214,21 +275,46 @@ class ChainOptimizer(Optimizer):
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict; with ``master_weights``, fp32 state of low-precision parameters
-        (the master copy, the rules' states) stays fp32 (torch.optim casts it to the
-        parameter's dtype)."""
-        super().load_state_dict(state_dict)
+        """Load a state dict, as torch.optim does, keeping optimlab's storage choices: scalar
+        states stay on the CPU, ``state_dtype`` states stay bfloat16 and, with
+        ``master_weights``, fp32 states of low-precision parameters stay fp32 (torch.optim
+        casts every floating state to the parameter's dtype and device). Load hooks run as in
+        torch.optim: pre-hooks first, post-hooks on the fully loaded state."""
+        state_dict = state_dict.copy()
+        pre = self._optimizer_load_state_dict_pre_hooks
+        post = self._optimizer_load_state_dict_post_hooks
+        for pre_hook in pre.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        # torch.optim's loader (validation, id mapping, casting) with the hooks run here instead
+        # (the hook dicts are put back as they were: handles keep removing from them).
+        self._optimizer_load_state_dict_pre_hooks = type(pre)()
+        self._optimizer_load_state_dict_post_hooks = type(post)()
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = pre
+            self._optimizer_load_state_dict_post_hooks = post
+        self._restore_storage(state_dict)
+        for post_hook in post.values():
+            post_hook(self)
+
+    def _restore_storage(self, state_dict: Mapping[str, Any]) -> None:
+        """Undo torch.optim's casts of loaded state where optimlab stores it differently."""
         self._plan_version += 1
+        per_param = [(p, st) for p, st in self.state.items()
+                     if isinstance(p, Tensor) and isinstance(st, dict)]
         # torch.optim moves ``step`` to the parameter's device for fused groups, and every other
         # scalar state (NAdam's ``mu_product``) always: keep scalar states on the CPU, where
         # the step reads them (a device scalar would cost a synchronization per step).
-        for st in self.state.values():
+        for _, st in per_param:
             for k, v in st.items():
                 if isinstance(v, Tensor) and v.dim() == 0 and v.device.type != "cpu":
                     st[k] = v.to("cpu")
         if self.state_dtype is not None:
             # torch.optim casts floating state to the parameter's dtype; keep it as stored.
-            for p, st in self.state.items():
+            for p, st in per_param:
                 for k, v in st.items():
                     if self._stored_low(p, v):
                         st[k] = v.to(self.state_dtype)
@@ -254,21 +340,36 @@ class ChainOptimizer(Optimizer):
         """Bytes held by the optimizer state tensors (all parameters)."""
         total = 0
         for st in self.state.values():
-            for v in st.values():
+            for v in st.values() if isinstance(st, dict) else ():
                 if isinstance(v, Tensor):
                     total += v.numel() * v.element_size()
         return total
 
     # ----- the step --------------------------------------------------------------------------
-    @torch.no_grad()
+    # Under ``torch.compile`` of a whole training step, the optimizer step is not traced: it
+    # runs as it would outside (the eager foreach path, or its own compiled kernels with
+    # ``fused=True``). Traced, its per-step Python scalars (step counts, bias corrections)
+    # and the non-finite check would become constants and graph breaks: a recompilation at
+    # every step.
+    @torch.compiler.disable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """Perform one optimization step; returns ``closure()`` if a closure is given."""
+        """Perform one optimization step; returns ``closure()`` if a closure is given.
+
+        With ``differentiable=True`` the update is recorded by autograd (gradients flow to the
+        parameters' and states' history, and to a tensor ``lr`` that requires grad).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable"))):
+            self._update()
+        return loss
 
+    def _update(self) -> None:
+        """The step proper (gradients to parameters), under the grad mode ``step`` chose."""
         work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] = []
+        sparse = False
         for gi, group in enumerate(self.param_groups):
             ps = group["params"]
             gs = [p.grad for p in ps]
@@ -276,21 +377,20 @@ class ChainOptimizer(Optimizer):
                 ps = [p for p, g in zip(ps, gs) if g is not None]
                 gs = [g for g in gs if g is not None]
             if any(g.is_sparse for g in gs):
-                pi = next(i for i, p in enumerate(group["params"])
-                          if p.grad is not None and p.grad.is_sparse)
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients (param group "
-                    f"{gi}, parameter {pi}); use torch.optim.SparseAdam or a dense gradient")
+                self._check_sparse(gi, group)
+                sparse = True
             work.append((group, ps, gs))
+        if self.defaults.get("differentiable"):
+            self._check_differentiable()
 
         if self.nonfinite != "ignore" and not self._grads_finite(work):
             if self.nonfinite == "skip":
                 self.skipped_steps += 1
-                return loss
+                return
             raise NonFiniteGradientError(self._nonfinite_message())
 
         writeback: list[tuple[list[Tensor], list[Tensor], bool]] = []
-        planned = self._planned_buckets(work)
+        planned = None if sparse else self._planned_buckets(work)
         if planned is None:
             buckets, chains, groups = self._make_buckets(work, writeback)
             token = None
@@ -298,14 +398,17 @@ class ChainOptimizer(Optimizer):
             buckets, chains, groups = planned
             token = self._plan.token if self._plan is not None else None
         if not buckets:
-            return loss
+            return
         scalars = [[t.prepare(g, b) for t in ch] for b, ch, g in zip(buckets, chains, groups)]
         for b, ch, scs in zip(buckets, chains, scalars):
             for t, sc in zip(ch, scs):
                 t.host_update(b, sc)
         maximize = [bool(g["maximize"]) for g in groups]
-        if self.defaults.get("fused"):
+        # Parameters on the meta device (shapes without data) step eagerly: nothing to compile.
+        if self.defaults.get("fused") and all(b.params[0].device.type != "meta" for b in buckets):
             self.info = self._run_compiled(buckets, chains, groups, scalars, maximize, token)
+        elif self.defaults.get("differentiable"):
+            self.info = run_recorded(buckets, chains, groups, scalars, maximize)
         else:
             self.info = run_chains(buckets, chains, groups, scalars, maximize)
         for dst, src, stochastic in writeback:  # fp32 results into low-precision tensors
@@ -313,14 +416,41 @@ class ChainOptimizer(Optimizer):
                 stochastic_round_(dst, src)
             else:
                 torch._foreach_copy_(dst, src)
-        return loss
+
+    def _check_sparse(self, gi: int, group: Mapping[str, Any]) -> None:
+        """Refuse sparse gradients where they are not supported, naming the parameter."""
+        pi = next(i for i, p in enumerate(group["params"])
+                  if p.grad is not None and p.grad.is_sparse)
+        where = f"param group {gi}, parameter {pi}"
+        name = type(self).__name__
+        if not self.supports_sparse_grads:
+            raise RuntimeError(f"{name} does not support sparse gradients ({where}), as "
+                               f"torch.optim.{name}; use SGD, Adagrad or torch.optim.SparseAdam")
+        if self.defaults.get("fused") or group.get("fused"):
+            raise RuntimeError(f"{name}: fused=True does not support sparse gradients ({where})")
+        if group["params"][pi].is_complex():
+            raise RuntimeError(f"{name}: sparse gradients of complex parameters are not "
+                               f"supported ({where})")
+
+    def _check_differentiable(self) -> None:
+        """Refuse hyperparameters that require grad where gradients cannot reach them."""
+        for gi, group in enumerate(self.param_groups):
+            for k, v in group.items():
+                vs = v if isinstance(v, (tuple, list)) and k != "params" else (v,)
+                if k != "lr" and any(isinstance(x, Tensor) and x.requires_grad for x in vs):
+                    raise ValueError(
+                        f"{type(self).__name__}: param group {gi}: {k} is a tensor that "
+                        "requires grad; with differentiable=True gradients reach the "
+                        "parameters, gradients, states and lr only: pass a number or a "
+                        "tensor without requires_grad")
 
     def _grads_finite(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
                       ) -> bool:
         per_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
         for _, _, gs in work:
             for g in gs:
-                per_kind[(g.device, g.dtype)].append(g)
+                if g.device.type != "meta":  # shapes without data (a model not materialized)
+                    per_kind[(g.device, g.dtype)].append(g._values() if g.is_sparse else g)
         flags = []
         for (device, dtype), grads in per_kind.items():
             # A sum (or 2-norm) is finite iff every entry is, short of overflow by entries of
@@ -341,7 +471,9 @@ class ChainOptimizer(Optimizer):
     def _nonfinite_message(self) -> str:
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
-                if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                g = p.grad
+                if g is not None and not bool(torch.isfinite(
+                        g._values() if g.is_sparse else g).all()):
                     return (f"non-finite gradient (inf or NaN) in param group {gi}, parameter "
                             f"{pi} (shape {tuple(p.shape)}); the step was not taken. Use "
                             "nonfinite='skip' to skip such steps, or lower the learning rate")
@@ -391,16 +523,17 @@ class ChainOptimizer(Optimizer):
             if not later:
                 torch._foreach_add_(steps, 1.0)
             keys_all = [k for keys in needed for k in keys]
-            single = group.get("foreach") is False
+            # foreach=False steps one tensor at a time (lower peak memory); fused=True wins over
+            # it, as in torch.optim, which accepts the pair.
+            single = group.get("foreach") is False and not group.get("fused")
             split: dict[Any, list[int]] = defaultdict(list)
             for i, (p, s) in enumerate(zip(ps, steps)):
+                alone = single or gs[i].is_sparse  # a bucket of its own
                 key = (p.device, p.dtype, int(s.item()) + later,
-                       frozenset(new_keys.get(id(p), ())))
-                split[(key, i) if single else key].append(i)
+                       frozenset(new_keys.get(id(p), ())), i if alone else None)
+                split[key].append(i)
             for key, idx in split.items():
-                if single:
-                    key = key[0]
-                _, dtype, step, fresh = key
+                _, dtype, step, fresh, _ = key
                 params = [ps[i] for i in idx]
                 grads = [gs[i] for i in idx]
                 state = {k: [self.state[p][k] for p in params] for k in keys_all}
@@ -417,14 +550,16 @@ class ChainOptimizer(Optimizer):
                           and dtype in (torch.float32, torch.float64)}
                 buckets.append(Bucket(params, grads, state, step, fresh, stored,
                                       _rounding_seed(step),
-                                      [steps[i] for i in idx] if later else []))
+                                      [steps[i] for i in idx] if later else [],
+                                      sparse=grads[0].is_sparse))
                 chains.append(chain_)
                 groups.append(group)
                 entries.append(_PlanEntry(wi, idx, params, state, stored, dtype.is_complex,
                                           [steps[i] for i in idx], later))
         fresh_any = any(b.new_keys for b in buckets)
         lowp = writeback is not None and len(writeback) > n_writeback
-        self._plan = None if (fresh_any or lowp or not buckets) else self._new_plan(work, entries)
+        uncached = fresh_any or lowp or not buckets or any(b.sparse for b in buckets)
+        self._plan = None if uncached else self._new_plan(work, entries)
         return buckets, chains, groups
 
     # ----- the cached bucket plan ------------------------------------------------------------
@@ -542,6 +677,11 @@ def _check_transform(t: object) -> None:
     raise TypeError(f"chain: expected an optimlab transform, got {t!r}{hint}")
 
 
+def _dense(us: list[Tensor]) -> list[Tensor]:
+    """Sparse updates as dense tensors (for rules without a sparse formula)."""
+    return [u.to_dense() if u.is_sparse else u for u in us]
+
+
 def _as_real(ts: list[Tensor]) -> list[Tensor]:
     return [torch.view_as_real(t) if t.is_complex() else t for t in ts]
 
@@ -570,6 +710,9 @@ def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
                 sharing[id(chains[i][k])].append(i)
         for idx in sharing.values():
             t = chains[idx[0]][k]
+            for i in idx:
+                if buckets[i].sparse:
+                    us[i] = _dense(us[i])
             stat = t.global_stat([us[i] for i in idx], groups[idx[0]])
             info[getattr(t, "info_key", type(t).__name__)] = stat
             for i in idx:
@@ -584,6 +727,8 @@ def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
                   and t.fold_into_step(buckets[i], scalars[i][k])):
                 continue
             else:
+                if buckets[i].sparse and not t.accepts_sparse(scalars[i][k]):
+                    us[i] = _dense(us[i])
                 us[i] = t.apply(us[i], buckets[i], scalars[i][k])
     for i, b in enumerate(buckets):
         if us[i]:
@@ -594,8 +739,31 @@ def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
             vs = b.stored[k]
             rounded = [stochastic_round_hashed(v.float(), b.seed, salt=(i * 64 + j) * 65536 + n)
                        for n, v in enumerate(b.state[k])]
-            torch._foreach_copy_(vs, rounded)
+            ops.copy_(vs, rounded)
             b.state[k] = vs
+    return info
+
+
+def run_recorded(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
+                 groups: list[dict[str, Any]], scalars: list[list[dict[str, Any]]],
+                 maximize: list[bool]) -> dict[str, Tensor]:
+    """:func:`run_chains` for a step that autograd records (``differentiable=True``).
+
+    The rules run on clones of the parameters and states, and the list operations update out
+    of place (:mod:`optimlab._ops` puts new tensors in the lists while autograd records): no
+    tensor that autograd saved is ever overwritten. The results are then copied into the
+    parameters and states, once each, so they carry the step's graph.
+    """
+    runs = [replace(b, params=[p.clone() for p in b.params],
+                    state={k: [v.clone() for v in vs] for k, vs in b.state.items()})
+            for b in buckets]
+    info = run_chains(runs, chains, groups, scalars, maximize)
+    for b, r in zip(buckets, runs):
+        pairs = [*zip(b.params, r.params)]
+        pairs += [(v, new) for k, vs in b.state.items() for v, new in zip(vs, r.state[k])]
+        for dst, src in pairs:
+            if dst is not src:
+                dst.copy_(src)
     return info
 
 
@@ -616,29 +784,8 @@ def _run_flat(flat: list[tuple[Any, ...]], chains: list[tuple[Transform, ...]],
     return run_chains(buckets, chains, groups, scalars, maximize)
 
 
-def chain(
-    params: Iterable[Any],
-    *transforms: Transform,
-    lr: float | Tensor = 1e-3,
-    maximize: bool = False,
-    nonfinite: str = "raise",
-    foreach: bool | None = None,
-    fused: bool | None = None,
-) -> ChainOptimizer:
-    """Build an optimizer from update rules, applied in order to the gradient.
-
-    Example::
-
-        opt = ol.chain(model.parameters(),
-                       ol.transforms.clip_by_global_norm(1.0),
-                       ol.transforms.scale_by_adam(b1=0.9, b2=0.999),
-                       ol.transforms.add_decayed_weights(0.01),
-                       lr=1e-3)
-
-    Each rule's hyperparameters become group keys (``betas``, ``weight_decay``, ...), so
-    schedulers and per-group settings work as with torch.optim. Two rules that would share a
-    key must be told apart with :meth:`~optimlab.transforms.Transform.with_keys`.
-    """
+def _check_chain(transforms: Sequence[Transform]) -> None:
+    """Refuse a chain whose rules are not transforms, or share a group key or a state key."""
     seen_h: dict[str, Transform] = {}
     seen_s: dict[str, Transform] = {}
     for t in transforms:
@@ -657,5 +804,25 @@ def chain(
                     f"with .with_keys({k}='{k}_2')"
                 )
             seen_s[k] = t
-    return ChainOptimizer(params, transforms, lr=lr, maximize=maximize, nonfinite=nonfinite,
-                          foreach=foreach, fused=fused)
+
+
+def chain(params: Iterable[Any], *transforms: Transform, **options: Any) -> ChainOptimizer:
+    """Build an optimizer from update rules, applied in order to the gradient.
+
+    ``chain(params, *rules, **options)`` is ``ChainOptimizer(params, rules, **options)``: the
+    same checks and the same keyword-only options (``lr``, ``maximize``, ``nonfinite``,
+    ``foreach``, ``fused``, ``master_weights``, ``stochastic_rounding``, ``state_dtype``).
+
+    Example::
+
+        opt = ol.chain(model.parameters(),
+                       ol.transforms.clip_by_global_norm(1.0),
+                       ol.transforms.scale_by_adam(b1=0.9, b2=0.999),
+                       ol.transforms.add_decayed_weights(0.01),
+                       lr=1e-3)
+
+    Each rule's hyperparameters become group keys (``betas``, ``weight_decay``, ...), so
+    schedulers and per-group settings work as with torch.optim. Two rules that would share a
+    key must be told apart with :meth:`~optimlab.transforms.Transform.with_keys`.
+    """
+    return ChainOptimizer(params, transforms, **options)

@@ -45,6 +45,11 @@ class _Named(ChainOptimizer):
     #: The rules of every group (optimizers whose rules depend on a group flag override
     #: :meth:`transforms_for`).
     _chain: ClassVar[tuple[Transform, ...]] = ()
+    #: Group keys as torch.optim's twin has them: ``capturable`` and ``fused`` only where it
+    #: has them (``fused`` is stored anyway when ``fused=True``); sparse gradients likewise.
+    _capturable_group_key: ClassVar[bool] = True
+    _fused_group_key: ClassVar[bool] = True
+    supports_sparse_grads: ClassVar[bool] = False
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
         """The rules applied to ``group``."""
@@ -59,16 +64,15 @@ class _Named(ChainOptimizer):
         if capturable:
             raise ValueError(f"{name}: capturable=True (CUDA-graph capture) is not supported yet;"
                              " use fused=True for compiled kernels")
-        if differentiable:
-            raise ValueError(f"{name}: differentiable=True is not supported; use torch.optim."
-                             f"{name} to differentiate through the step")
         if fused and foreach:
-            raise ValueError(f"{name}: fused=True and foreach=True cannot both be set")
-        defaults = {**defaults, "capturable": capturable, "differentiable": differentiable}
+            # torch.optim's exception type and words for the same refusal
+            raise RuntimeError("`foreach` and `fused` should not both be True.")
+        if self._capturable_group_key:
+            defaults = {**defaults, "capturable": capturable}
         super().__init__(params, (), lr=defaults["lr"], maximize=defaults["maximize"],
                          nonfinite=nonfinite, foreach=foreach, fused=fused, defaults=defaults,
                          master_weights=master_weights, stochastic_rounding=stochastic_rounding,
-                         state_dtype=state_dtype)
+                         state_dtype=state_dtype, differentiable=differentiable)
 
 
 class SGD(_Named):
@@ -77,6 +81,9 @@ class SGD(_Named):
     Batch, mini-batch and single-sample (stochastic) gradient descent are this optimizer fed
     batches of different sizes. Rules: ``add_l2 -> trace -> scale_by_learning_rate``.
     """
+
+    _capturable_group_key = False
+    supports_sparse_grads = True
 
     _chain = (_WD, Trace(momentum=0.0, dampening=0.0, nesterov=False), _LR)
 
@@ -99,6 +106,9 @@ class SGD(_Named):
 
 class Adagrad(_Named):
     """AdaGrad. Rules: ``add_l2 -> scale_by_adagrad -> scale_by_inverse_time_decay -> lr``."""
+
+    _capturable_group_key = False
+    supports_sparse_grads = True
 
     _chain = (_WD, ScaleByAdagrad(eps=1e-10, initial_accumulator_value=0.0),
               ScaleByInverseTimeDecay(lr_decay=0.0), _LR)
@@ -123,6 +133,8 @@ class Adagrad(_Named):
 class RMSprop(_Named):
     """RMSprop, plain or centered, with momentum. Rules: ``add_l2 -> scale_by_rms -> trace ->
     lr`` (the trace has no dampening and no Nesterov term, as in torch.optim.RMSprop)."""
+
+    _fused_group_key = False
 
     _chain = (_WD, ScaleByRms(alpha=0.99, eps=1e-8, centered=False),
               Trace(momentum=0.0, dampening=0.0, nesterov=False), _LR)
@@ -205,9 +217,18 @@ class AdamW(Adam):
         """Always the decoupled rules (AdamW's groups keep torch's key but cannot couple)."""
         return self._chains[True]
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Also runs when loading a state dict: an Adam checkpoint loaded here is AdamW's from
+        # now on (as torch.optim.AdamW does), so a checkpoint saved later resumes decoupled.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
+
 
 class NAdam(_DecayChoice):
     """NAdam (Dozat, 2016), with torch.optim's momentum decay and optional decoupled decay."""
+
+    _fused_group_key = False
 
     _chains = _decay_placement(ScaleByNAdam(betas=_BETAS, eps=1e-8, momentum_decay=4e-3))
 
@@ -233,6 +254,8 @@ class NAdam(_DecayChoice):
 class RAdam(_DecayChoice):
     """RAdam (Liu et al., 2020), with optional decoupled weight decay."""
 
+    _fused_group_key = False
+
     _chains = _decay_placement(ScaleByRAdam(betas=_BETAS, eps=1e-8))
 
     def __init__(self, params: Params, lr: float | Tensor = 1e-3,
@@ -256,6 +279,8 @@ class RAdam(_DecayChoice):
 class Adadelta(_Named):
     """Adadelta (Zeiler, 2012). Rules: ``add_l2 -> scale_by_adadelta -> lr`` (lr=1.0)."""
 
+    _fused_group_key = False
+
     _chain = (_WD, ScaleByAdadelta(rho=0.9, eps=1e-6), _LR)
 
     def __init__(self, params: Params, lr: float | Tensor = 1.0, rho: float = 0.9,
@@ -275,6 +300,8 @@ class Adadelta(_Named):
 
 class Adamax(_Named):
     """Adamax (Kingma & Ba, 2015). Rules: ``add_l2 -> scale_by_adamax -> lr``."""
+
+    _fused_group_key = False
 
     _chain = (_WD, ScaleByAdamax(betas=_BETAS, eps=1e-8), _LR)
 

@@ -64,8 +64,9 @@ class ScaleByAdagrad(Transform):
         G <- G + u^2
         out = u / (sqrt(G) + eps)
 
-    ``G`` starts at ``initial_accumulator_value``. Group keys: ``eps``,
-    ``initial_accumulator_value``; state: ``sum``.
+    ``G`` starts at ``initial_accumulator_value``. A sparse gradient (embedding rows) is
+    applied to its rows only: the same formula, since a row with ``u = 0`` keeps its ``G`` and
+    gets ``out = 0``. Group keys: ``eps``, ``initial_accumulator_value``; state: ``sum``.
     """
 
     state_keys = ("sum",)
@@ -84,13 +85,28 @@ class ScaleByAdagrad(Transform):
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
         return {"eps": float(self.hp(group, "eps"))}
 
+    def accepts_sparse(self, sc: Mapping[str, Any]) -> bool:
+        return True
+
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         acc = b.state[self.sk("sum")]
+        if b.sparse and u[0].is_sparse:  # one parameter per sparse bucket
+            return [_sparse_adagrad(u[0], acc[0], sc["eps"])]
         ops.addcmul_(acc, u, u, 1.0)
         std = ops.sqrt(acc)
         ops.add_scalar_(std, sc["eps"])
         ops.rdiv_(std, u)
         return std
+
+
+def _sparse_adagrad(u: Tensor, acc: Tensor, eps: float) -> Tensor:
+    """:class:`ScaleByAdagrad` on the rows of a sparse COO update: ``G`` changes there only,
+    and the result is sparse with the same indices (torch's sparse kernels, not foreach)."""
+    u = u.coalesce()  # duplicate indices summed first, as the dense formula sees them
+    idx, vals = u._indices(), u._values()
+    acc.add_(torch.sparse_coo_tensor(idx, vals * vals, u.shape))
+    std = acc.sparse_mask(u)._values().sqrt_().add_(eps)
+    return torch.sparse_coo_tensor(idx, vals / std, u.shape)
 
 
 def scale_by_adagrad(eps: float = 1e-10, initial_accumulator_value: float = 0.0

@@ -55,6 +55,10 @@ class Bucket:
     seed: Any = 0
     #: Step-count tensors the chain still has to increment (``step`` already counts this step).
     steps: list[Tensor] = field(default_factory=list)
+    #: One parameter whose gradient is a sparse COO tensor (embeddings): the chain passes the
+    #: sparse update to the rules that :meth:`Transform.accepts_sparse` and densifies it before
+    #: the others.
+    sparse: bool = False
 
 
 def _tensor_number(name: str, value: Tensor) -> float | int | bool:
@@ -164,6 +168,17 @@ class Transform:
                       for i, x in enumerate(v))
         return v
 
+    def learning_rate(self, group: Mapping[str, Any]) -> float | Tensor:
+        """The group's ``lr`` as a number, or, when a step is being differentiated
+        (``differentiable=True``) and ``lr`` is a tensor that requires grad, that tensor, so
+        that the gradient reaches it (hypergradients). Rules that scale by ``lr`` read it here.
+        """
+        key = self.hk("lr")
+        v = group[key] if key in group else self.hyperparams[key]
+        if isinstance(v, Tensor) and v.requires_grad and torch.is_grad_enabled():
+            return v.reshape(())
+        return float(v)
+
     # ----- behaviour ------------------------------------------------------------------------
     def validate(self, group: Mapping[str, Any]) -> None:
         """Raise ``ValueError`` naming the key if a hyperparameter in ``group`` is invalid.
@@ -194,6 +209,13 @@ class Transform:
 
     def after_step(self, b: Bucket, sc: Mapping[str, Any]) -> None:
         """Act on the parameters after the update was added (proximal steps)."""
+
+    def accepts_sparse(self, sc: Mapping[str, Any]) -> bool:
+        """Whether :meth:`apply` takes a sparse COO update for these scalars. The default is
+        no, and the chain densifies a sparse update before the rule; rules that have a sparse
+        formula, or are the identity under the group's settings, say yes (so plain SGD and
+        Adagrad touch only a sparse gradient's rows, as torch.optim does)."""
+        return False
 
     def fold_into_step(self, b: Bucket, sc: Mapping[str, Any]) -> bool:
         """Optionally act on the parameters instead of on ``u`` when this rule comes right

@@ -58,6 +58,9 @@ class Trace(Transform):
             "fresh": self.sk("momentum_buffer") in b.new_keys,
         }
 
+    def accepts_sparse(self, sc: Mapping[str, Any]) -> bool:
+        return not sc["on"]
+
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         if not sc["on"]:
             return u

@@ -31,7 +31,10 @@ class AddWeights(Transform):
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
         wd = float(self.hp(group, "weight_decay"))
-        return {"on": wd != 0, "wd": wd, "decay": 1.0 - float(group["lr"]) * wd}
+        return {"on": wd != 0, "wd": wd, "decay": 1.0 - self.learning_rate(group) * wd}
+
+    def accepts_sparse(self, sc: Mapping[str, Any]) -> bool:
+        return not sc["on"]
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         return ops.add(u, b.params, sc["wd"]) if sc["on"] else u
@@ -69,7 +72,7 @@ class L1Proximal(Transform):
         check_range(self.hk("l1"), self.hp(group, "l1"), low=0.0, high=None)
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
-        t = float(group["lr"]) * float(self.hp(group, "l1"))
+        t = self.learning_rate(group) * float(self.hp(group, "l1"))
         return {"on": t != 0, "threshold": t}
 
     def after_step(self, b: Bucket, sc: Mapping[str, Any]) -> None:

@@ -31,7 +31,10 @@ class ScaleByLearningRate(Transform):
         check_range(self.hk("lr"), self.hp(group, "lr"), low=0.0, high=None)
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
-        return {"neg_lr": -float(self.hp(group, "lr"))}
+        return {"neg_lr": -self.learning_rate(group)}
+
+    def accepts_sparse(self, sc: Mapping[str, Any]) -> bool:
+        return True
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         return ops.mul(u, sc["neg_lr"])
@@ -50,6 +53,9 @@ class Scale(Transform):
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
         return {"factor": float(self.hp(group, "factor"))}
+
+    def accepts_sparse(self, sc: Mapping[str, Any]) -> bool:
+        return True
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         return ops.mul(u, sc["factor"])
@@ -72,6 +78,9 @@ class ScaleByInverseTimeDecay(Transform):
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
         decay = float(self.hp(group, "lr_decay"))
         return {"on": decay != 0, "factor": 1.0 / (1.0 + (b.step - 1) * decay)}
+
+    def accepts_sparse(self, sc: Mapping[str, Any]) -> bool:
+        return True
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         return ops.mul(u, sc["factor"]) if sc["on"] else u
