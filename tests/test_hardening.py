@@ -238,11 +238,22 @@ def test_state_dict_keys_are_torch_optims(name: str, cls: type) -> None:
 @pytest.mark.parametrize(("name", "cls"), NAMED, ids=IDS)
 def test_meta_parameters_step_as_in_torch_optim(name: str, cls: type,
                                                 kw: dict[str, Any]) -> None:
-    """torch.optim steps parameters on the meta device (shapes only); so do we."""
+    """torch.optim steps parameters on the meta device (shapes only), except fused ones, which
+    it refuses until the model is materialized; so do we."""
     m = nn.Linear(3, 2, device="meta")
     opt = cls(m.parameters(), **kw)
     for p in m.parameters():
         p.grad = torch.ones_like(p)
+    if kw.get("fused"):
+        with pytest.raises(RuntimeError, match="meta"):
+            opt.step()
+        assert not opt.state  # refused before any state was made
+        opt.zero_grad(set_to_none=True)
+        m.to_empty(device="cpu")  # new parameters: the optimizer's own have no gradient now
+        for p in m.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()  # a no-op, as in torch's test_fused_error_on_params_on_meta
+        return
     opt.step()
     opt.step()
     assert all(v.device.type in ("meta", "cpu") for st in opt.state.values() for v in st.values())

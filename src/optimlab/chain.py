@@ -382,6 +382,13 @@ class ChainOptimizer(Optimizer):
             work.append((group, ps, gs))
         if self.defaults.get("differentiable"):
             self._check_differentiable()
+        if self.defaults.get("fused") and any(
+                p.device.type == "meta" for _, ps, _ in work for p in ps):
+            # torch.optim's exception type and words (its test checks them), and why
+            raise RuntimeError(
+                "`fused=True` requires all the params to be floating point Tensors of supported "
+                "devices: a parameter is on the 'meta' device (a shape without data); "
+                "materialize the model first, e.g. model.to_empty(device='cpu')")
 
         if self.nonfinite != "ignore" and not self._grads_finite(work):
             if self.nonfinite == "skip":
@@ -404,8 +411,7 @@ class ChainOptimizer(Optimizer):
             for t, sc in zip(ch, scs):
                 t.host_update(b, sc)
         maximize = [bool(g["maximize"]) for g in groups]
-        # Parameters on the meta device (shapes without data) step eagerly: nothing to compile.
-        if self.defaults.get("fused") and all(b.params[0].device.type != "meta" for b in buckets):
+        if self.defaults.get("fused"):
             self.info = self._run_compiled(buckets, chains, groups, scalars, maximize, token)
         elif self.defaults.get("differentiable"):
             self.info = run_recorded(buckets, chains, groups, scalars, maximize)

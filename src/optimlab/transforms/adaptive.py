@@ -41,6 +41,10 @@ def _check_betas(t: Transform, group: Mapping[str, Any]) -> None:
         raise ValueError(f"{t.hk('betas')} must be a pair (beta1, beta2), got {betas!r}")
     check_range(f"{t.hk('betas')}[0]", betas[0], low=0.0, high=1.0)
     check_range(f"{t.hk('betas')}[1]", betas[1], low=0.0, high=1.0)
+    key = t.hk("betas")
+    raw = group[key] if key in group else t.hyperparams[key]
+    if isinstance(raw[0], Tensor) != isinstance(raw[1], Tensor):  # as torch.optim
+        raise ValueError(f"{key} must be either both floats or both Tensors, got {raw!r}")
 
 
 def _check_eps(t: Transform, group: Mapping[str, Any]) -> None:
@@ -104,9 +108,10 @@ def _sparse_adagrad(u: Tensor, acc: Tensor, eps: float) -> Tensor:
     and the result is sparse with the same indices (torch's sparse kernels, not foreach)."""
     u = u.coalesce()  # duplicate indices summed first, as the dense formula sees them
     idx, vals = u._indices(), u._values()
-    acc.add_(torch.sparse_coo_tensor(idx, vals * vals, u.shape))
+    # (the indices are the coalesced gradient's own: valid, no invariant check needed)
+    acc.add_(torch.sparse_coo_tensor(idx, vals * vals, u.shape, check_invariants=False))
     std = acc.sparse_mask(u)._values().sqrt_().add_(eps)
-    return torch.sparse_coo_tensor(idx, vals / std, u.shape)
+    return torch.sparse_coo_tensor(idx, vals / std, u.shape, check_invariants=False)
 
 
 def scale_by_adagrad(eps: float = 1e-10, initial_accumulator_value: float = 0.0
