@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from optimlab.lab.advise import PACKAGED_EVIDENCE, distill, load_evidence, rules
 from optimlab.lab.store import open_store
 from optimlab.lab.study import InlineExecutor, normalize_spec, run_study
@@ -82,6 +84,7 @@ def test_snippet_is_valid_python_that_builds_the_optimizer() -> None:
     assert scope["scheduler"].get_last_lr()[0] == 0.00316
 
 
+@pytest.mark.slow
 def test_advise_end_to_end_on_a_small_budget(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -34,6 +34,11 @@ def _train(model: nn.Module, steps: int, on_step) -> None:
 
 
 def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], *, floats_only=False):
+    """float32 averages of the same live weights by two implementations: each update rounds
+    once or twice differently (<= 1 ulp, 2**-23 |w|), and rounding errors do not grow: SWA's
+    running mean weighs older ones by n / (n + 1) (9 updates: <= 9 ulp = 1.1e-6 |w| if all
+    fell the same way), EMA's by decay = 0.8 (<= 5 ulp). Both fit 1e-6 (1 + |w|) for |w| < 14
+    (measured 6e-8). BN statistics: the same kernels on the same batches (measured equal)."""
     assert set(a) == set(b)
     for k in a:
         if floats_only and not a[k].is_floating_point():
@@ -84,7 +89,13 @@ def test_ema_warmup_matches_formula():
             else:
                 d = min(0.9, (1 + n) / (10 + n))
                 expect[name] = d * expect[name] + (1 - d) * w
+    # (1 + 1) / (10 + 1) in Python floats: within an ulp of 2 / 11 (approx allows 1e-6 rel)
     assert avg.decay_at(1) == pytest.approx(2 / 11) and avg.decay_at(1000) == 0.9
+    # float32 average against the float64 formula on the same (float32) weights: each update
+    # rounds the average by <= 1 ulp (2**-23 |e|; all values positive and of similar size),
+    # and later updates shrink an error by the decay, <= 30 / 39 over these 30 updates: at
+    # most 1 / (1 - 30 / 39) = 4.3 ulp = 5e-7 |e| even if all fell the same way (< rtol;
+    # measured 4.4e-7 at |e| ~ 40, i.e. 1e-8 |e|).
     for name, e in expect.items():
         torch.testing.assert_close(avg.averages[name].double(), e, atol=1e-6, rtol=1e-6)
 
@@ -189,6 +200,8 @@ def test_swalr_equals_torch(strategy, anneal_epochs):
                          anneal_strategy=strategy)
     for _ in range(anneal_epochs + 4):
         for g1, g2 in zip(o1.param_groups, o2.param_groups):
+            # Python floats <= 0.5, the anneal formula written two ways: a few roundings of
+            # 1e-17 each; 1e-12 is 1e4 ulps
             assert math.isclose(g1["lr"], g2["lr"], rel_tol=0, abs_tol=1e-12)
         o1.step()
         o2.step()

@@ -87,6 +87,84 @@ def test_bad_input_is_one_clear_error_line(tmp_path: Path, args: list[str], need
     assert lines[-1].strip().startswith("hint:")
 
 
+@pytest.mark.parametrize("args", [
+    ["compare", "--tasks"],                        # an option without its value
+    ["compare", "--seeds", "x"],                   # a value of the wrong type
+    ["compare", "--bogus"],                        # an unknown option
+    ["run", "--task", "quadratic"],                # a required option missing
+    ["run", "--task", "quadratic", "--optimizer"],
+    ["lr-find", "--steps"],
+    ["tune", "--tasks", "quadratic"],
+    ["advise", "--space", "everything"],           # not one of the choices
+    ["report", "--study"],
+    ["list", "nothing"],
+])
+def test_usage_errors_end_with_what_to_do(args: list[str],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("optimlab: error:")
+    assert lines[1].strip() == f"hint: run 'optimlab {args[0]} --help' for the options"
+
+
+@pytest.mark.parametrize("args", [["bogus"], ["--bogus"]])
+def test_top_level_usage_errors_point_to_the_commands(args: list[str],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("optimlab: error:"), lines
+    assert lines[1].strip() == "hint: run 'optimlab --help' for the commands"
+
+
+def test_version_and_help_do_not_import_torch() -> None:
+    """``import optimlab`` is light and the CLI imports torch only in commands that need it."""
+    code = """if True:
+        import contextlib, io, sys
+        from optimlab.cli import main
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert main(["--version"]) == 0
+            for command in ([], ["list"], ["run"], ["compare"], ["lr-find"], ["tune"],
+                            ["advise"], ["report"]):
+                assert main([*command, "--help"]) == 0
+        assert out.getvalue().startswith("optimlab 0."), out.getvalue()
+        heavy = [m for m in ("torch", "numpy", "optimlab._api", "optimlab.lab")
+                 if m in sys.modules]
+        assert not heavy, heavy
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+def test_lazy_package_exports_every_name() -> None:
+    """``import optimlab`` defers its imports; every name of __all__ still resolves, and a
+    submodule imported first (``optimlab.chain``) does not hide the public name it shares."""
+    code = """if True:
+        import sys, types
+        import optimlab as ol
+        assert "torch" not in sys.modules
+        import optimlab.chain
+        from optimlab.chain import ChainOptimizer
+        assert isinstance(ol.chain, types.FunctionType), ol.chain
+        assert ol.AdamW.__name__ == "AdamW" and ol.OPTIMIZERS["adamw"] is ol.AdamW
+        for name in ol.__all__:
+            exec(f"from optimlab import {name}")
+        namespace = {}
+        exec("from optimlab import *", namespace)
+        assert set(ol.__all__) <= set(namespace) and set(ol.__all__) <= set(dir(ol))
+        modules = {n for n in ol.__all__ if isinstance(getattr(ol, n), types.ModuleType)}
+        assert modules == set(ol._SUBMODULES), modules
+        assert ol.chain is sys.modules["optimlab.chain"].chain
+        assert ChainOptimizer is ol.ChainOptimizer
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
 def test_malformed_study_file_is_one_error_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("tasks = [\n")
@@ -94,6 +172,7 @@ def test_malformed_study_file_is_one_error_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and "malformed TOML" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_run_then_report(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'r.db'}"
     r = _cli("run", "--task", "quadratic", "--optimizer", "nesterov", "--lr", "0.01",
@@ -141,6 +220,7 @@ def test_readme_python_examples_run() -> None:
         exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
 
 
+@pytest.mark.slow
 def test_lr_find_writes_its_plot(tmp_path: Path) -> None:
     r = _cli("lr-find", "--task", "logreg-breast-cancer", "--batch-size", "full", "--steps",
              "40", "--end-lr", "1000", "--out", str(tmp_path / "lrf"))
@@ -150,6 +230,7 @@ def test_lr_find_writes_its_plot(tmp_path: Path) -> None:
     assert (tmp_path / "lrf" / "lr_find.json").exists()
 
 
+@pytest.mark.slow
 def test_tune_then_report_shows_the_tuning(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'r.db'}"
     r = _cli("tune", "--tasks", "quadratic", "--optimizers", "sgd,adam", "--trials", "4",

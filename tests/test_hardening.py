@@ -405,7 +405,7 @@ def test_differentiable_refuses_hyperparameters_gradients_cannot_reach() -> None
     p = torch.randn(3, requires_grad=True).clone()
     p.grad = torch.randn(3)
     beta1 = torch.tensor(0.9, requires_grad=True)
-    opt = ol.Adam([p], betas=(beta1, 0.999), differentiable=True)
+    opt = ol.Adam([p], betas=(beta1, torch.tensor(0.999)), differentiable=True)
     with pytest.raises(ValueError, match="betas"):
         opt.step()
 

@@ -150,6 +150,7 @@ def test_a_study_resumes_and_a_diverging_run_does_not_stop_it(tmp_path: Path) ->
     assert len(store.study_records("s")) == 9
 
 
+@pytest.mark.slow
 def test_parallel_execution_gives_the_same_records(tmp_path: Path) -> None:
     from optimlab.lab.study import ProcessExecutor
     spec = _spec()
@@ -214,6 +215,7 @@ def _count(db: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_a_study_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_runs(
         tmp_path: Path) -> None:
     killed_db, clean_db = tmp_path / "killed.db", tmp_path / "clean.db"

@@ -109,6 +109,11 @@ def test_acceptance_suggestion_in_the_stable_range_of_convex_task() -> None:
     _, rec10 = _stable(10 * lr_div)
     assert rec10["status"] == "diverged", rec10["error"]
 
+    # Full-batch float64 runs: every number here is the same under AVX-512 and AVX2 kernels,
+    # one or two threads (measured). The suggestions are points of the sweep's grid (factor
+    # 1e8 ** (1 / 99) = 1.2 apart) and lr_div a point of the half-decade grid: measured 0.25,
+    # 1.5 and 11.5 against lr_div = 100, and 1.5 against lr_div / 100 = 1.0 (two sweep steps; an
+    # argmin over smoothed losses, which rounding would have to reorder).
     for name, lr in res.suggestions.items():
         assert lr is not None, name
         assert lr < lr_div, (name, lr, lr_div)
@@ -204,6 +209,7 @@ def test_groups_keep_their_lr_ratio() -> None:
 
     res = lr_range_test(model, opt, loss_fn, _regression_batches(), start_lr=1e-4, end_lr=1e-1,
                         num_steps=12)
+    # the recorded floats themselves, and 5x them up to a float64 rounding (approx: 1e-6)
     assert [a for a, _ in seen] == pytest.approx(res.lrs)
     assert all(b == pytest.approx(5 * a) for a, b in seen)
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5]
@@ -227,10 +233,15 @@ def test_exponential_lrs_and_early_stop_on_quadratic() -> None:
                         start_lr=1e-4, end_lr=1e2, num_steps=100)
     lrs = np.asarray(res.lrs)
     assert lrs[0] == pytest.approx(1e-4)
+    # each lr start * r ** k in float64: a ratio of two is off by a few ulps (~1e-15, the pow's
+    # exponent k ln r <= 14 adds ~14 eps), 1e5x inside rtol
     ratios = lrs[1:] / lrs[:-1]
     assert np.allclose(ratios, 1e6 ** (1 / 99), rtol=1e-10)  # exponentially spaced
     assert len(res.lrs) == len(res.losses) == len(res.smoothed) < 100  # stopped early
     assert res.diverged_at is not None and res.diverged_at == res.lrs[-1]
+    # float64 on a quadratic, exact in effect: measured diverged_at 1.52 (7.6x above 2 / a),
+    # the last smoothed loss 92 (33x its minimum), suggestions 0.015, 0.064, 0.115 (>= 1.7x,
+    # four sweep steps of 1.15, below 2 / a)
     assert res.diverged_at > 2 / a
     assert res.smoothed[-1] > 4.0 * min(res.smoothed)
     for name in ("steepest", "valley", "min_loss_div10"):
@@ -246,7 +257,7 @@ def test_no_divergence_within_range() -> None:
     res = lr_range_test(model, opt, lambda _: 0.5 * (model.w ** 2).sum(), [None],
                         start_lr=1e-3, end_lr=1.0, num_steps=30, rule="min_loss_div10")
     assert res.diverged_at is None and len(res.lrs) == 30
-    assert res.lrs[-1] == pytest.approx(1.0)
+    assert res.lrs[-1] == pytest.approx(1.0)  # 1e-3 * 1e3 ** (29 / 29): a few ulps off
     assert res.suggestion == res.suggestions["min_loss_div10"]
 
 
@@ -272,6 +283,7 @@ def test_suggestion_rules_on_a_known_curve() -> None:
     curve = np.where(i <= 30, 1.0, 0.55 + 0.45 * np.cos(np.pi * (i - 30) / 50))
     curve = np.where(i > 80, 0.1 + 0.05 * (i - 80), curve)
     s = suggest_lrs(lrs, curve)
+    # numpy float64 on an analytic curve: the rules pick grid points; a few ulps (approx: 1e-6)
     assert s["valley"] == pytest.approx(lrs[30] ** (1 / 3) * lrs[80] ** (2 / 3))
     assert s["steepest"] == pytest.approx(lrs[55])
     assert s["min_loss_div10"] == pytest.approx(lrs[80] / 10)
@@ -301,7 +313,7 @@ def test_works_with_torch_and_optimlab_optimizers(make_opt: Any) -> None:
     batches = _regression_batches()  # 4 batches, cycled over 40 steps
     res = lr_range_test(model, opt, _mse, batches, start_lr=1e-5, end_lr=10.0, num_steps=40)
     assert isinstance(res, LRFinderResult)
-    assert 10 <= len(res.lrs) <= 40
+    assert 10 <= len(res.lrs) <= 40  # measured 35-40 (a sanity range)
     assert res.suggestion is not None and 1e-5 <= res.suggestion <= 10.0
     assert set(res.suggestions) == set(RULES)
     for k, v in before.items():
@@ -324,6 +336,7 @@ def test_closure_based_optimizer() -> None:
     res = lr_range_test(model, opt, loss_fn, data, start_lr=1e-4, end_lr=10.0, num_steps=30)
     assert calls["n"] > len(res.lrs) >= 10
     with torch.no_grad():
+        # the same float64 loss at the same (restored) point: equal
         assert res.losses[0] == pytest.approx(float(_mse(model, data[0])))
     for k, v in before.items():
         assert torch.equal(model.state_dict()[k], v), k
@@ -422,7 +435,7 @@ def test_plot_and_report(tmp_path: Any) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((tmp_path / "out" / "lr_find.json").read_text())
     assert data["title"] == "quadratic" and data["meta"] == {"task": "toy"}
-    assert data["suggestion"] == pytest.approx(res.suggestion)
+    assert data["suggestion"] == pytest.approx(res.suggestion)  # JSON round trip: exact
     assert set(data["suggestions"]) == set(RULES)
     assert data["diverged_at"] == pytest.approx(res.diverged_at)
     assert len(data["lrs"]) == len(data["losses"]) == len(data["smoothed"]) == len(res.lrs)

@@ -103,7 +103,9 @@ def test_nesterov_sgd_is_the_lookahead_form(mu: float) -> None:
         assert max_relative_error([p.detach()], [theta - mu * v]) <= FORM_RTOL_F64
         buf = opt.state[p]["momentum_buffer"]
         assert max_relative_error([lr * buf], [v]) <= FORM_RTOL_F64
-    # Not vacuous: the iterates travelled most of the way to the minimiser.
+    # Not vacuous: the iterates travelled most of the way to the minimiser (measured: 0.4%,
+    # 0.05% and 10% of the distance left for mu = 0.5, 0.9, 0.99: >= 5x below the bound; an
+    # optimization error, set by the conditioning, not by rounding).
     p_star = np.linalg.solve(a, b)
     assert np.linalg.norm(p.detach().numpy() - p_star) < 0.5 * np.linalg.norm(p0 - p_star)
 
@@ -161,7 +163,9 @@ def test_adamw_decay_is_decoupled_from_the_adaptive_denominator() -> None:
     decay_l2 = q - l2[1]
     assert max_relative_error([decay_l2], [lr * wd * q / (wd * q.abs() + eps)]) \
         <= CLOSED_FORM_RTOL_F64
-    # which is about lr * sign(q), far from lr * wd * q (|q| is of order 1, wd = 0.1).
+    # which is about lr * sign(q), far from lr * wd * q (|q| is of order 1, wd = 0.1). "About":
+    # decay_l2 = lr sign(q) / (1 + eps / (wd |q|)), a relative gap of (eps / wd) rms(1 / |q|)
+    # = 2.6e-7 for these q (smallest |q| = 0.28), exact arithmetic, not rounding.
     assert max_relative_error([decay_l2], [lr * q.sign()]) <= 1e-6
     assert max_relative_error([decay_l2], [lr * wd * q]) > 1.0
 
@@ -196,13 +200,19 @@ def test_l1_proximal_gives_exact_zeros_where_sgd_gives_none() -> None:
     w_sgd = fit(lambda ps: ol.SGD(ps, lr=lr))
 
     zeros = w_l1 == 0
+    # Exact zeros: the soft threshold sets w_j = 0 whenever |w_j - lr grad_j| <= lr l1, and off
+    # the support |grad_j| <= 0.052 at the optimum, half of l1 = 0.1 (checked below), far
+    # from any rounding. Measured 17 zeros.
     assert int(zeros.sum()) >= 12, w_l1  # most of the 17 irrelevant coefficients
     assert bool((w_l1[support] != 0).all()), w_l1
     assert torch.equal(w_l1[support].sign(), torch.tensor(w_true[support]).sign())
     assert int((w_sgd == 0).sum()) == 0, w_sgd
 
     # Lasso optimality of min 0.5 mean((xw - y)^2) + l1 |w|_1: grad_j = -l1 sign(w_j) on the
-    # support, |grad_j| <= l1 off it.
+    # support, |grad_j| <= l1 off it. ISTA with step 1/L contracts linearly (rate 1 - mu/L on
+    # the support): after 500 steps the KKT residual is measured 3e-15, at the float64
+    # rounding floor of the gradient (~n eps |x| |residual| ~ 1e-14), so 1e-8 is ample; off the
+    # support the measured max |grad_j| is 0.052, and 1e-8 only absorbs rounding at l1.
     grad = xt.T @ (xt @ w_l1 - yt) / n
     nz = ~zeros
     assert max_relative_error([grad[nz]], [-l1 * w_l1[nz].sign()]) <= 1e-8
@@ -427,7 +437,8 @@ def test_clip_by_global_norm_matches_clip_grad_norm_then_sgd(norm_type: float,
         assert max_relative_error([opt.info["grad_norm"]], [total]) <= CLIP_RTOL_F64
         assert max_relative_error([p.detach() for p in ours], [q.detach() for q in theirs]) \
             <= CLIP_RTOL_F64
-        # The norm is global: for the 1- and 2-norms it exceeds each group's own norm.
+        # The norm is global: for the 1- and 2-norms it exceeds each group's own norm (strictly,
+        # by the other group's share: >= 8.9% here, 1e14 times float64 rounding).
         if norm_type != math.inf:
             for part in (gs[:2], gs[2:]):
                 own = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in part]),

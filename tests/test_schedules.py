@@ -198,6 +198,7 @@ def test_tensor_lr_is_filled_in_place() -> None:
     _train_step(opt)
     sched.step()
     assert opt.param_groups[0]["lr"] is lr
+    # a float32 tensor: 0.05 rounded to float32 (<= 2**-24 ~ 6e-8 relative); approx: 1e-6
     assert lr.item() == pytest.approx(0.05)
 
 
@@ -217,6 +218,7 @@ base_schedules = st.one_of(
 def test_linear_warmup_reaches_base_and_is_monotone(g: S.Schedule, w: int, sf: float) -> None:
     f = S.linear_warmup(g, w, start_factor=sf)
     vals = [f(t) for t in range(w + 1)]
+    # Python floats: a few float64 roundings (1.1e-16 each) on either side
     assert vals[0] == pytest.approx(sf * g(0), rel=1e-12)
     assert vals[w] == g(0)
     assert all(a <= b for a, b in pairwise(vals))
@@ -229,9 +231,14 @@ def test_exponential_warmup_reaches_base_and_is_monotone(g: S.Schedule, w: int,
                                                          sf: float) -> None:
     f = S.exponential_warmup(g, w, start_factor=sf)
     vals = [f(t) for t in range(w + 1)]
+    # f(t) = g(0) * sf ** (1 - t / w) in Python floats: a few float64 roundings each
     assert vals[0] == pytest.approx(sf * g(0), rel=1e-12)
     assert vals[w] == g(0)
+    # Monotone up to rounding: the exponent's rounding (<= 1.1e-16 relative of |1 - t / w|)
+    # moves the pow by at most 1.1e-16 |ln sf|, and pow and product round once each; for sf
+    # near 1 consecutive values are equal in exact arithmetic and may differ by these ~4e-16.
     assert all(a <= b * (1 + 1e-15) for a, b in pairwise(vals))
+    # The same roundings in each ratio, times |ln sf| <= 13.8 (sf >= 1e-6): <= ~5e-15.
     ratios = [b / a for a, b in pairwise(vals)]
     assert all(r == pytest.approx(ratios[0], rel=1e-9) for r in ratios)
     assert all(f(w + k) == g(k) for k in range(0, 50, 7))
@@ -253,7 +260,9 @@ def test_cosine_restarts_at_expected_steps(value: float, T_0: int, T_mult: int,
         if r and T_0 > 1:
             assert f(r - 1) < value  # just before a restart: near eta_min
     assert all(eta_min <= f(t) <= value for t in range(0, restarts[-1] + 5, 3))
-    # strictly decreasing within a period
+    # strictly decreasing within a period: consecutive values differ by at least
+    # (value - eta_min) sin(pi / (2 P))**2 ~ 2.5 (value - eta_min) / P**2 >= 1e-7 value for
+    # the periods P < 3000 here, 1e9 times a float64 rounding
     for a, b in pairwise(restarts):
         seg = [f(t) for t in range(a, b)]
         assert all(x > y for x, y in pairwise(seg))
@@ -266,7 +275,7 @@ def test_inverse_sqrt(value: float, w: int) -> None:
     assert f(0) == 0.0
     assert f(w) == value
     assert all(f(t) < f(t + 1) for t in range(0, w, max(1, w // 20)))
-    for t in (w, w + 1, 2 * w, 4 * w, 10 * w + 3, 10**6):
+    for t in (w, w + 1, 2 * w, 4 * w, 10 * w + 3, 10**6):  # a few float64 roundings each
         assert f(t) * math.sqrt(t) == pytest.approx(value * math.sqrt(w), rel=1e-12)
     assert f(4 * w) == pytest.approx(value / 2, rel=1e-12)
 
@@ -276,7 +285,7 @@ def test_inverse_sqrt(value: float, w: int) -> None:
 def test_polynomial_hits_end_value(value: float, T: int, power: float, end_frac: float) -> None:
     end = end_frac * value
     f = S.polynomial(value, T, power, end)
-    assert f(0) == pytest.approx(value, rel=1e-12)
+    assert f(0) == pytest.approx(value, rel=1e-12)  # a few float64 roundings (1.1e-16 each)
     assert f(T) == end
     assert f(T + 17) == end
     vals = [f(t) for t in range(0, T + 1, max(1, T // 25))]
@@ -300,6 +309,7 @@ def test_join_switches_at_boundaries(gaps: list[int], value: float) -> None:
 
 def test_warmup_cosine_and_step_validation() -> None:
     f = S.warmup_cosine(1.0, 10, 110, eta_min=0.1)
+    # f(110) = 0.1 + 0.9 * (1 + cos(pi)) / 2: a few float64 roundings (1.1e-16 each)
     assert f(0) == 0.0 and f(10) == 1.0 and f(110) == pytest.approx(0.1, rel=1e-12)
     with pytest.raises(ValueError, match="step"):
         f(-1)
@@ -344,6 +354,11 @@ def test_scheduled_momentum_drives_optimlab_sgd() -> None:
             _grads(ps, t)
             o.step()
         sched.step()
+    # Fixed random gradients, no feedback: 12 steps, each rounding p at most an ulp apart even
+    # where the two order operations differently; 12 ulps fit in 1e-6 (1 + |p|) in every binade
+    # below |p| = 4 (ulp 2.4e-7 in [2, 4)), even if all fell the same way (measured:
+    # bit-identical). The schedule moves every entry by >= 0.03 (allclose's 1e-5 + 1e-8 is
+    # 3000x smaller).
     for a, b, c in zip(ours_p, ref_p, const_p):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
         assert not torch.allclose(a, c)  # the schedule changed the trajectory
@@ -364,6 +379,9 @@ def test_scheduled_beta1_drives_optimlab_adam() -> None:
             _grads(ps, t)
             o.step()
         sched.step()
+    # As above: 10 steps of fixed gradients, <= 10 ulps apart even if every rounding fell the
+    # same way (measured 3e-8, one ulp); the schedule moves some entry of each tensor by
+    # >= 0.016, 1000x allclose's tolerance.
     for a, b, c in zip(ours_p, ref_p, const_p):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
         assert not torch.allclose(a, c)

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # the example and benchmark scripts, in subprocesses
 
 
 def test_batch_sizes_example_runs_all_three_regimes() -> None:
@@ -52,4 +56,7 @@ def test_user_task_example_loads_by_import_path_and_reaches_its_target() -> None
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "user_task.py")],
                        capture_output=True, text=True, check=True, timeout=300)
     loss = float(r.stdout.split("->")[1].split()[0])
+    # The task's target. Measured 0.01584 (26% margin), and the run is not chaotic: perturbing
+    # the initial weights by 1e-3 relative (10^4 times any difference between CPUs' roundings)
+    # moves the final loss by < 0.1%, the same under AVX-512 and AVX2 kernels.
     assert loss < 0.02, r.stdout

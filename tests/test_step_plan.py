@@ -7,7 +7,10 @@ scenario below changes something mid-training that the cached structures depend 
 optimlab's eager and fused paths against torch.optim over the same steps.
 
 Tolerance: ``1e-5`` relative (torch.optim's foreach kernels, optimlab's eager kernels and the
-compiled kernels round differently; 20 float32 steps).
+compiled kernels round differently; 20 float32 steps). The gradients are fixed random draws,
+so nothing feeds a difference back: per step the paths round ``p`` at most a couple of ulps
+apart (Adam with L2: decay folded into the gradient, one addcdiv), 2 * 2**-23 relative, so
+20 steps stay below 4.8e-6 even if every rounding fell the same way (measured 4.7e-8).
 """
 
 from __future__ import annotations

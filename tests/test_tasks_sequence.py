@@ -39,7 +39,7 @@ def test_mnist1d_generation() -> None:
     assert y.shape == (500,)
     counts = np.bincount(y, minlength=10)
     assert counts.tolist() == [50] * 10
-    assert np.isfinite(x).all() and 0.05 < x.std() < 5
+    assert np.isfinite(x).all() and 0.05 < x.std() < 5  # a sanity range (measured 0.15)
     x3, _ = make_mnist1d(500, 1)
     assert not np.array_equal(x, x3)
 
@@ -70,9 +70,11 @@ def test_mnist1d_task_splits() -> None:
                 "test_accuracy", "generalization_gap"):
         assert math.isfinite(metrics[key])
     assert metrics["generalization_gap"] == metrics["test_loss"] - metrics["train_loss"]
+    # the same float32 loss (measured equal); even reduced in another order, ~1e-7 of 2.3
     assert abs(float(a.full_loss().detach()) - metrics["train_loss"]) < 1e-5
 
 
+@pytest.mark.slow
 def test_mnist1d_learnable() -> None:
     # Measured at this size: ~0.71 test accuracy after 1000 Adam steps (seeds 0 and 1), ~0.5
     # after 300; the published CNN reaches ~0.9+ with 4000 examples and longer training.
@@ -80,6 +82,9 @@ def test_mnist1d_learnable() -> None:
     task.setup(0)
     train(task, ol.Adam(task.parameters(), lr=3e-3), steps=1000, batch_size=100)
     metrics = task.evaluate()
+    # Measured 0.670 / 0.821; with AVX2 kernels and one thread 0.678 / 0.813: 1000 mini-batch
+    # steps turn rounding into a slightly different run (~1% in accuracy), far from the 0.17
+    # and 0.21 margins (85 and 420 examples).
     assert metrics["test_accuracy"] > 0.5
     assert metrics["train_accuracy"] > 0.6
 
@@ -102,6 +107,7 @@ def test_stdlib_text() -> None:
     assert len(a.train_data) == 16_000 and len(a.val_data) == len(a.test_data) == 2_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LMS)
 def test_lm_builds_and_learns(name: str) -> None:
     task = make_task(name, **SMALL_LM)
@@ -118,10 +124,12 @@ def test_lm_builds_and_learns(name: str) -> None:
     xf, _ = next(task.batches(None, gen))
     assert xf.shape == (64, 32)
     before = task.evaluate()
+    # untrained: near-uniform predictions (measured 0.013 and 0.13 off log |vocab|)
     assert abs(before["train_loss"] - math.log(len(task.vocab))) < 1.0
-    assert before["bits_per_char"] == pytest.approx(before["val_loss"] / math.log(2))
+    assert before["bits_per_char"] == pytest.approx(before["val_loss"] / math.log(2))  # exact
     train(task, ol.Adam(task.parameters(), lr=3e-3), steps=30, batch_size=32)
     after = task.evaluate()
+    # measured drops of 1.9 and 2.1 (4x the 0.5 asked), unchanged to 6 digits with AVX2 kernels
     assert after["train_loss"] < before["train_loss"] - 0.5
     assert after["val_loss"] < before["val_loss"]
 
@@ -134,6 +142,9 @@ def test_transformer_causal() -> None:
     x2[:, 20] = (x2[:, 20] + 1) % len(task.vocab)
     with torch.no_grad():
         a, b = task.model(x), task.model(x2)
+    # The causal mask gives position 20 exactly zero weight before it (measured equal); 1e-6 on
+    # outputs |a| < 2.5 (~8 float32 ulps) only allows an attention kernel that blocks the keys
+    # differently to round apart. The later positions change by up to 2.3.
     assert torch.allclose(a[:, :20], b[:, :20], atol=1e-6)
     assert not torch.allclose(a[:, 20:], b[:, 20:], atol=1e-4)
 

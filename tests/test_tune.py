@@ -61,6 +61,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TuneSpec, Any
     return db, spec, (outcome, events)
 
 
+@pytest.mark.slow
 def test_reproducible_equal_budget_and_parallel(tmp_path: Path,
                                                 tuned: tuple[Path, TuneSpec, Any]) -> None:
     db, spec, (outcome, events) = tuned
@@ -91,6 +92,7 @@ def test_reproducible_equal_budget_and_parallel(tmp_path: Path,
         1, TASK, "sgd", 0)
 
 
+@pytest.mark.slow
 def test_trials_are_recorded(tuned: tuple[Path, TuneSpec, Any]) -> None:
     db, spec, (outcome, _) = tuned
     history = tuning_history(spec, str(db))
@@ -130,12 +132,16 @@ def test_pruned_trial_is_recorded_as_pruned(tmp_path: Path) -> None:
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 3
 
 
+@pytest.mark.slow
 def test_median_pruner_prunes_hopeless_trials(tmp_path: Path) -> None:
     spec = _spec(optimizers=["sgd"], trials=10, steps=60, seed=3)
     out = tune(spec, str(tmp_path / "r.db"), workers=1, rerun=False)
     r = out.results[0]
     assert r.complete + r.pruned + r.failed == 10
-    assert r.pruned >= 1  # with this seed, slow learning rates are stopped early
+    # with this seed, slow learning rates are stopped early (measured 2 pruned); the pruner
+    # compares float64 quadratic losses of different learning rates, orders of magnitude
+    # apart, so rounding cannot change its decisions
+    assert r.pruned >= 1
     history = tuning_history(spec, str(tmp_path / "r.db"))
     for h in history:
         if h["state"] == "pruned":
@@ -180,6 +186,7 @@ def _count(db: Path, state: str) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_killed_tuning_resumes_with_no_trial_lost(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
     proc = subprocess.Popen([sys.executable, "-c", _KILLED, str(db)], cwd=tmp_path,
@@ -208,6 +215,7 @@ def test_killed_tuning_resumes_with_no_trial_lost(tmp_path: Path) -> None:
     assert _trials(counted) == _trials(tuning_history(spec, str(tmp_path / "ref.db")))
 
 
+@pytest.mark.slow
 def test_best_configurations_rerun_with_three_seeds(tuned: tuple[Path, TuneSpec, Any]
                                                     ) -> None:
     db, spec, (outcome, _) = tuned
@@ -299,7 +307,7 @@ def test_search_spaces() -> None:
         assert search_space(opt, "full") == list(space.values())
     full = {p.key: p for p in search_space("adamw", "full")}
     assert set(full) == {"lr", "1-beta1", "1-beta2", "eps", "weight_decay"}
-    assert full["1-beta1"].value(0.1) == pytest.approx(0.9)
+    assert full["1-beta1"].value(0.1) == pytest.approx(0.9)  # 1 - 0.1 in floats: an ulp off
     assert {p.name for p in search_space("rmsprop", "full")} == {"lr", "alpha", "eps"}
     assert {p.name for p in search_space("momentum", "full")} == {"lr", "momentum"}
     # a custom space: ranges as pairs; optimizers it does not name get the lr preset
@@ -325,6 +333,7 @@ def test_schedule_as_a_categorical(tmp_path: Path) -> None:
     assert {h["schedule"] for h in history} <= {"constant", "cosine"}
 
 
+@pytest.mark.slow
 def test_report_has_a_tuning_section(tmp_path: Path, tuned: tuple[Path, TuneSpec, Any]
                                      ) -> None:
     db, spec, _ = tuned

@@ -11,31 +11,19 @@ Quick start::
                    lr=1e-3)
 """
 
-from . import averaging, lookahead, lr_finder, precision, schedules, telemetry, transforms
-from .accumulation import GradientAccumulator
-from .averaging import EMA, SWA, SWALR, WeightAverage, update_bn
-from .chain import NONFINITE_POLICIES, ChainOptimizer, NonFiniteGradientError, chain
-from .lookahead import Lookahead
-from .lr_finder import LRFinderResult, lr_range_test
-from .optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
-from .precision import stochastic_round, stochastic_round_
-from .schedules import ReduceOnPlateau, ScheduledHyperparameter, ScheduledLR
-from .telemetry import Telemetry, vanishing_exploding
+# ruff: noqa: F405 (__all__ names what optimlab._api defines)
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names of __all__, for type checkers
+    from ._api import *  # noqa: F403
 
 __version__ = "0.1.0"
-
-#: Named optimizers, by the lowercase names the lab and the CLI use.
-OPTIMIZERS = {
-    "sgd": SGD,
-    "adagrad": Adagrad,
-    "rmsprop": RMSprop,
-    "adam": Adam,
-    "adamw": AdamW,
-    "nadam": NAdam,
-    "radam": RAdam,
-    "adadelta": Adadelta,
-    "adamax": Adamax,
-}
 
 __all__ = [
     "EMA",
@@ -76,3 +64,43 @@ __all__ = [
     "update_bn",
     "vanishing_exploding",
 ]
+
+# The names of __all__ are defined in optimlab._api and imported on first use (PEP 562):
+# ``import optimlab`` alone does not import torch, so the ``optimlab`` command answers --help
+# and --version at once. The first use of any of them imports them all, as an eager
+# ``__init__`` would.
+
+#: The names of __all__ that are submodules (the others are defined in submodules).
+_SUBMODULES = ("averaging", "lookahead", "lr_finder", "precision", "schedules", "telemetry",
+               "transforms")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # ``from . import schedules`` in optimlab._api, for one
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    api = importlib.import_module(f"{__name__}._api")
+    globals().update({n: getattr(api, n) for n in __all__})
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """The package: importing a submodule never hides the public name it shares.
+
+    Python binds a submodule on its package when it is first imported; ``import
+    optimlab.chain`` before the first use of a public name would make ``optimlab.chain`` the
+    module instead of the function :func:`optimlab.chain`.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in __all__ and name not in _SUBMODULES:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -18,6 +18,11 @@ only decides how the compiled code is called, cheaply:
   address it was captured with: the parameters and states never move, and the gradients
   usually come back at the same addresses from the caching allocator; when they do not, the
   graph is captured again (a few times at most, then the plain direct call is used).
+
+DTensor parameters (FSDP2's ``fully_shard``) are compiled as they are: dynamo traces the DTensor
+ops, and the graph works on the local shards (a global statistic, such as the gradient norm of
+clipping, becomes an all-reduce inside it). A DTensor's own ``data_ptr()`` is 0, so the checks
+above, and a CUDA graph's addresses, use its local shard's memory.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._ops import is_dtensor, local_shard
 from .transforms.base import Bucket, Transform
 
 Layout = list[tuple[Tensor, list[dict[str, Any]], list[dict[str, int]]]]
@@ -154,7 +160,7 @@ class _Direct:
         self.args: list[Any] = []
         self.grad_slots: list[tuple[int, int, int, tuple[Any, ...]]] = []
         self.scalar_slots: list[tuple[int, int]] = []
-        self.fixed: list[tuple[Tensor, int]] = []
+        self.fixed: list[tuple[Tensor, int, bool]] = []  # (parameter, address, DTensor?)
         self.last_grads: list[list[weakref.ref[Tensor] | None]] = []
         # CUDA graph of the call (see the module docstring)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -208,7 +214,7 @@ class _Direct:
                 # a parameter: ``p.data = ...`` keeps the object, not the memory; a CUDA graph
                 # (and a kernel specialized for alignment) must see the memory move. (CPU
                 # kernels take the parameter's current memory, aligned or not.)
-                fixed.append((now, now.data_ptr()))
+                fixed.append((now, _address(now), is_dtensor(now)))
             args.append(now)
         self.args, self.grad_slots, self.scalar_slots, self.fixed = args, grads, scals, fixed
         self.graph = None
@@ -216,8 +222,9 @@ class _Direct:
 
     def call(self, buckets: list[Bucket], layout: Layout) -> bool:
         """Run the graph; False (nothing run) if an input is not what it was compiled for."""
-        for t, ptr in self.fixed:
-            if t.data_ptr() != ptr:  # e.g. ``p.data = ...``: let dynamo look again, rebind
+        for t, ptr, sharded in self.fixed:
+            if (t.to_local() if sharded else t).data_ptr() != ptr:
+                # e.g. ``p.data = ...``: let dynamo look again, rebind
                 self.token, self.graph = None, None
                 return False
         args = list(self.args)
@@ -233,7 +240,7 @@ class _Direct:
         for pos, b in self.scalar_slots:
             args[pos] = layout[b][0]
         if self._graphable(args):
-            ptrs = [args[pos].data_ptr() for pos, _, _, _ in self.grad_slots]
+            ptrs = [_address(args[pos]) for pos, _, _, _ in self.grad_slots]
             if self.graph is None or ptrs != self.graph_ptrs:
                 self._capture(args, ptrs)
             if self.graph is not None:
@@ -271,8 +278,16 @@ class _Direct:
 
 
 def _meta(t: Tensor) -> tuple[Any, ...]:
-    """What the compiled graph assumed of a gradient: layout, dtype, device, 16-byte alignment."""
+    """What the compiled graph assumed of a gradient: layout, dtype, device, 16-byte alignment
+    (of a DTensor: its global layout and placements, and all that of its local shard)."""
+    if is_dtensor(t):
+        return (t.shape, t.stride(), t.placements, _meta(t.to_local()))
     return (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
+
+
+def _address(t: Tensor) -> int:
+    """Where ``t``'s memory starts (of a DTensor, whose own ``data_ptr()`` is 0: its shard's)."""
+    return local_shard(t).data_ptr()
 
 
 def _parse(source: str) -> tuple[Any, ...] | None:

@@ -9,8 +9,10 @@ Functions ending in ``_`` modify their first argument in place; the others retur
 
 The lists may hold DTensors (parameters sharded by FSDP2's ``fully_shard``, their gradients
 and states): DTensor runs each ``_foreach_*`` op on the local shards, and the few ops it has no
-rule for (``_foreach_copy_``) are replaced here by what it does support, so every rule works
-on sharded parameters unchanged. Plain tensors pay one type check for this.
+rule for (``_foreach_copy_``, the out-of-place clamps, a plain tensor of the parameter's shape)
+are replaced here by what it does support, so every rule works on sharded parameters
+unchanged, eager and compiled. A list is either all DTensors or all plain tensors (as a bucket
+is); plain lists pay one type check of their first tensor for this.
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ __all__ = [
     "div_",
     "is_dtensor",
     "lerp_",
+    "local_shard",
     "maximum_",
     "mul",
     "mul_",
     "neg",
     "rdiv_",
+    "shard_like",
     "soft_threshold_",
     "sqrt",
     "sqrt_",
@@ -71,11 +75,30 @@ def is_dtensor(x: object) -> bool:
     """
     if type(x) is Tensor:
         return False
+    cls = _dtensor_class()
+    return cls is not None and isinstance(x, cls)
+
+
+def _dtensor_class() -> type | None:
+    """The DTensor class, if its module was imported (``None``: no DTensor exists yet)."""
     for name in _DTENSOR_MODULES:
         cls = getattr(sys.modules.get(name), "DTensor", None)
         if cls is not None:
-            return isinstance(x, cls)
-    return False
+            return cls
+    return None
+
+
+def local_shard(t: Tensor) -> Tensor:
+    """The local shard of a DTensor (no copy); a plain tensor itself."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def shard_like(local: Tensor, like: Tensor) -> Tensor:
+    """``local``, a tensor shaped like ``local_shard(like)``, as the shard of a DTensor laid out
+    like the DTensor ``like`` (no communication)."""
+    dtensor: Any = _dtensor_class()
+    return dtensor.from_local(local, like.device_mesh, like.placements, run_check=False,
+                              shape=like.shape, stride=like.stride())
 
 
 def clone(xs: Sequence[Tensor]) -> TensorList:
@@ -148,6 +171,11 @@ def clamp(xs: Sequence[Tensor], lo: Scalar, hi: Scalar) -> TensorList:
     """Return ``x`` clamped to ``[lo, hi]``."""
     if _is_tensor(lo) or _is_tensor(hi):
         return [torch.clamp(x, lo, hi) for x in xs]
+    if xs and is_dtensor(xs[0]):  # DTensor has rules for the in-place clamps only
+        out = clone(xs)
+        torch._foreach_clamp_min_(out, lo)
+        torch._foreach_clamp_max_(out, hi)
+        return out
     return list(torch._foreach_clamp_max(torch._foreach_clamp_min(list(xs), lo), hi))
 
 

@@ -3,7 +3,8 @@ r"""Weight averaging: SWA, EMA, BatchNorm recalibration and the SWA learning-rat
 :class:`SWA` keeps the equal-weight running mean of a model's weights from a start step on
 (Izmailov et al., 2018), :class:`EMA` an exponential moving average (Polyak averaging with
 exponential weights). Both keep the averages as plain tensors, one per named parameter (and
-buffer), update them with ``torch._foreach_*`` ops, and never hold a second ``nn.Module``::
+buffer; a DTensor sharded like the parameter when FSDP2 shards it), update them with list ops,
+and never hold a second ``nn.Module``::
 
     avg = ol.averaging.SWA(model, start=1000)      # or ol.averaging.EMA(model, decay=0.999)
     for step, batch in enumerate(loader):
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from ._ops import copy_, is_dtensor
 from .transforms.base import check_range
 
 __all__ = ["EMA", "SWA", "SWALR", "WeightAverage", "update_bn"]
@@ -58,6 +60,17 @@ def _check_int(name: str, value: Any, low: int) -> None:
 
 def _is_float(t: Tensor) -> bool:
     return t.is_floating_point() or t.is_complex()
+
+
+def _copy_by_kind(dsts: list[Tensor], srcs: list[Tensor]) -> None:
+    """``dst <- src`` for each pair, one list copy for the DTensors and one for the rest."""
+    kinds: dict[bool, tuple[list[Tensor], list[Tensor]]] = {}
+    for d, s in zip(dsts, srcs):
+        a, b = kinds.setdefault(is_dtensor(d), ([], []))
+        a.append(d)
+        b.append(s)
+    for a, b in kinds.values():
+        copy_(a, b)
 
 
 class WeightAverage:
@@ -139,7 +152,9 @@ class WeightAverage:
                              f"{sorted(set(live) ^ set(self.averages))}")
         first = self.n_averaged == 0
         w = 1.0 if first else self._weight(self.n_averaged)
-        lerp: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
+        # One lerp per device, dtype and kind (FSDP2 makes the parameters DTensors, not the
+        # buffers; a list op takes either).
+        lerp: dict[tuple[torch.device, torch.dtype, bool], tuple[list[Tensor], list[Tensor]]] = {}
         copy_dst: list[Tensor] = []
         copy_src: list[Tensor] = []
         for name, src in live.items():
@@ -149,11 +164,10 @@ class WeightAverage:
                 copy_dst.append(dst)
                 copy_src.append(src)
             else:
-                a, b = lerp.setdefault((dst.device, dst.dtype), ([], []))
+                a, b = lerp.setdefault((dst.device, dst.dtype, is_dtensor(dst)), ([], []))
                 a.append(dst)
                 b.append(src)
-        if copy_dst:
-            torch._foreach_copy_(copy_dst, copy_src)
+        _copy_by_kind(copy_dst, copy_src)
         for a, b in lerp.values():
             torch._foreach_lerp_(a, b, w)
         self.n_averaged += 1
@@ -169,9 +183,7 @@ class WeightAverage:
         missing = set(self.averages) - set(live)
         if missing:
             raise ValueError(f"model lacks averaged entries {sorted(missing)}")
-        names = list(self.averages)
-        torch._foreach_copy_([live[n].detach() for n in names],
-                             [self.averages[n] for n in names])
+        _copy_by_kind([live[n].detach() for n in self.averages], list(self.averages.values()))
 
     @contextmanager
     def swapped(self) -> Iterator[nn.Module]:
@@ -190,7 +202,7 @@ class WeightAverage:
             yield self.model
         finally:
             with torch.no_grad():
-                torch._foreach_copy_([live[n].detach() for n in names], saved)
+                _copy_by_kind([live[n].detach() for n in names], saved)
 
     #: alias of :meth:`swapped`
     averaged = swapped

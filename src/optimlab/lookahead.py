@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._ops import copy_, is_dtensor
 from .transforms.base import check_range
 
 __all__ = ["Lookahead"]
@@ -39,9 +40,10 @@ class Lookahead(Optimizer):
     ``add_param_group``/``zero_grad`` go to the inner optimizer, and :meth:`state_dict` holds
     the inner optimizer's state together with the slow weights and the step counter.
 
-    The slow weights are plain tensors in ``self.state[p]["slow_param"]``, created from the
-    parameter's value at its first :meth:`step` (before the inner update) and synchronised with
-    ``torch._foreach_*`` ops, one call per device and dtype.
+    The slow weights are plain tensors in ``self.state[p]["slow_param"]`` (DTensors sharded
+    like the parameter when FSDP2 shards it), created from the parameter's value at its first
+    :meth:`step` (before the inner update) and synchronised with list ops, one call per device
+    and dtype.
 
     Args:
         optimizer: the inner (fast) optimizer.
@@ -110,17 +112,19 @@ class Lookahead(Optimizer):
 
     @torch.no_grad()
     def _sync(self) -> None:
-        groups: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
+        # one list op per device, dtype and kind (plain tensors, or DTensors under FSDP2)
+        groups: dict[tuple[torch.device, torch.dtype, bool],
+                     tuple[list[Tensor], list[Tensor]]] = {}
         for p in self._params():
             st = self.state.get(p)
             if not st:
                 continue
-            slow, fast = groups.setdefault((p.device, p.dtype), ([], []))
+            slow, fast = groups.setdefault((p.device, p.dtype, is_dtensor(p)), ([], []))
             slow.append(st["slow_param"])
             fast.append(p)
         for slow, fast in groups.values():
             torch._foreach_lerp_(slow, fast, self.alpha)  # phi += alpha (theta - phi)
-            torch._foreach_copy_(fast, slow)  # theta = phi
+            copy_(fast, slow)  # theta = phi
 
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One inner step (evaluating ``closure`` if given); every ``k``-th also synchronises."""

@@ -18,6 +18,10 @@ with probability ``(x - lo) / ulp``. Sign-magnitude encoding makes this symmetri
 numbers, and the carry moves correctly across binades (and from the largest finite value to
 ``inf``, as round-to-nearest overflows too). Values exactly representable in bfloat16 have zero
 low bits and are unchanged; ``inf`` stays ``inf`` and NaN stays NaN.
+
+DTensors (parameters and states sharded by FSDP2) are rounded shard by shard, on the local
+tensors. The hashed noise of an element is a function of its index in the *global* tensor, so a
+sharded state is rounded to exactly the bits the unsharded one gets, on any number of ranks.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from ._ops import copy_, is_dtensor, local_shard, shard_like
 
 __all__ = ["hashed_noise16", "stochastic_round", "stochastic_round_", "stochastic_round_hashed"]
 
@@ -36,10 +42,50 @@ def stochastic_round(src: Tensor, generator: torch.Generator | None = None) -> T
     """Return ``src`` (float32) rounded to bfloat16 stochastically (unbiased; see module)."""
     if src.dtype != torch.float32:
         raise ValueError(f"src must be float32, got {src.dtype}")
-    src = src.contiguous()
-    noise = torch.randint(0, _LOW_MASK + 1, src.shape, dtype=torch.int32, device=src.device,
+    local = local_shard(src)
+    noise = torch.randint(0, _LOW_MASK + 1, local.shape, dtype=torch.int32, device=local.device,
                           generator=generator)
-    return _round_with_noise(src, noise)
+    return _like(_round_with_noise(local.contiguous(), noise), src)
+
+
+def _like(out: Tensor, src: Tensor) -> Tensor:
+    """``out``, computed elementwise from ``local_shard(src)``, laid out as ``src`` is."""
+    return shard_like(out, src) if is_dtensor(src) else out
+
+
+def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    strides, n = [], 1
+    for size in reversed(shape):
+        strides.append(n)
+        n *= size
+    return tuple(reversed(strides))
+
+
+def _element_index(like: Tensor) -> Tensor:
+    """The row-major index of each element of ``like`` in its (global) tensor, as int64.
+
+    For a DTensor, the index of each element of the local shard in the global tensor: the
+    local index along each dimension plus the shard's global offset, weighted by the global
+    tensor's row-major strides (a sum of one broadcast ``arange`` per dimension).
+    """
+    if not is_dtensor(like):
+        return torch.arange(like.numel(), device=like.device, dtype=torch.int64).view(like.shape)
+    try:
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    except ImportError:  # torch < 2.5
+        from torch.distributed._tensor._utils import compute_local_shape_and_global_offset
+
+    local_shape, offset = compute_local_shape_and_global_offset(
+        like.shape, like.device_mesh, like.placements)
+    device = local_shard(like).device
+    index = torch.zeros(local_shape, device=device, dtype=torch.int64)
+    for d, (size, start, stride) in enumerate(
+            zip(local_shape, offset, _contiguous_strides(like.shape))):
+        view = [1] * len(local_shape)
+        view[d] = size
+        index = index + (torch.arange(size, device=device, dtype=torch.int64) + start).mul(
+            stride).view(view)
+    return index
 
 
 def _round_with_noise(src: Tensor, noise: Tensor) -> Tensor:
@@ -66,9 +112,16 @@ def hashed_noise16(like: Tensor, seed: int | Tensor, salt: int) -> Tensor:
     (where the hash becomes a few integer instructions inside the kernel that uses it, with no
     memory traffic). ``seed`` is an integer or a 0-dim tensor holding one (a float tensor holding
     an integer below 2**24 is fine); ``salt`` tells apart the tensors rounded with one seed.
+
+    The index is the element's index in the global tensor, so a DTensor gets, shard by shard,
+    the bits of the unsharded tensor (as a DTensor laid out like ``like``).
     """
-    n = like.numel()
-    x = torch.arange(n, device=like.device, dtype=torch.int64).to(torch.int32).view(like.shape)
+    return _like(_hashed_bits(_element_index(like), seed, salt), like)
+
+
+def _hashed_bits(index: Tensor, seed: int | Tensor, salt: int) -> Tensor:
+    """The 16 hashed bits of :func:`hashed_noise16` for int64 element indices ``index``."""
+    x = index.to(torch.int32)
     seed32 = seed.to(torch.int32) if isinstance(seed, Tensor) else int(seed) & 0x7FFFFFFF
     salt32 = (salt * 0x632BE5AB) % (1 << 31)
     x = x * _GOLDEN + seed32 + salt32
@@ -88,7 +141,8 @@ def stochastic_round_hashed(src: Tensor, seed: int | Tensor, salt: int) -> Tenso
     seed and salt give the same result on the eager and on the compiled path)."""
     if src.dtype != torch.float32:
         raise ValueError(f"src must be float32, got {src.dtype}")
-    return _round_with_noise(src.contiguous(), hashed_noise16(src, seed, salt))
+    noise = _hashed_bits(_element_index(src), seed, salt)
+    return _like(_round_with_noise(local_shard(src).contiguous(), noise), src)
 
 
 def stochastic_round_(dst: Tensor | Sequence[Tensor], src: Tensor | Sequence[Tensor],
@@ -117,4 +171,4 @@ def stochastic_round_(dst: Tensor | Sequence[Tensor], src: Tensor | Sequence[Ten
             raise ValueError(f"dst[{i}] and src[{i}] shapes differ: {tuple(d.shape)} vs "
                              f"{tuple(s.shape)}")
     if dsts:
-        torch._foreach_copy_(dsts, [stochastic_round(s, generator) for s in srcs])
+        copy_(dsts, [stochastic_round(s, generator) for s in srcs])

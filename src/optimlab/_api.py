@@ -1,0 +1,31 @@
+"""The public names of ``optimlab`` (its ``__all__``), imported together on first use.
+
+``optimlab/__init__.py`` re-exports them from here lazily, so that ``import optimlab`` alone (and
+with it the ``optimlab`` command's --help and --version) does not import torch.
+"""
+
+# ruff: noqa: F401 (every import is re-exported by optimlab/__init__.py)
+
+from . import averaging, lookahead, lr_finder, precision, schedules, telemetry, transforms
+from .accumulation import GradientAccumulator
+from .averaging import EMA, SWA, SWALR, WeightAverage, update_bn
+from .chain import NONFINITE_POLICIES, ChainOptimizer, NonFiniteGradientError, chain
+from .lookahead import Lookahead
+from .lr_finder import LRFinderResult, lr_range_test
+from .optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
+from .precision import stochastic_round, stochastic_round_
+from .schedules import ReduceOnPlateau, ScheduledHyperparameter, ScheduledLR
+from .telemetry import Telemetry, vanishing_exploding
+
+#: Named optimizers, by the lowercase names the lab and the CLI use.
+OPTIMIZERS = {
+    "sgd": SGD,
+    "adagrad": Adagrad,
+    "rmsprop": RMSprop,
+    "adam": Adam,
+    "adamw": AdamW,
+    "nadam": NAdam,
+    "radam": RAdam,
+    "adadelta": Adadelta,
+    "adamax": Adamax,
+}
