@@ -474,3 +474,14 @@ def test_sparse_gradients_refused_with_fused() -> None:
     emb(torch.tensor([1])).sum().backward()
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
+
+
+# ----- error inputs: hyperparameters before params ----------------------------------------------
+@pytest.mark.parametrize(("name", "cls"), NAMED, ids=IDS)
+def test_bad_hyperparameters_are_named_before_params_are_read(name: str, cls: type) -> None:
+    """torch.optim checks hyperparameters before it reads ``params`` (its error inputs pass
+    ``params=None``): the ValueError names the hyperparameter, not a TypeError from None."""
+    with pytest.raises(ValueError, match="weight_decay"):
+        cls(None, weight_decay=-1.0)
+    with pytest.raises(ValueError, match="lr"):
+        cls(None, lr=-1.0)

@@ -184,6 +184,7 @@ class ChainOptimizer(Optimizer):
         self._plan: _Plan | None = None
         self._plan_version = 0  # bumped by whatever may invalidate a cached plan
         self._mutations = MutationCounter()
+        self._validate_settings(merged)
         super().__init__(params, merged)
 
     # ----- optimizer.state -----------------------------------------------------------------
@@ -223,18 +224,23 @@ class ChainOptimizer(Optimizer):
             self.param_groups.pop()  # a refused group leaves the optimizer as it was
             raise
 
-    def _validate_group(self, group: Mapping[str, Any]) -> None:
+    def _validate_settings(self, group: Mapping[str, Any]) -> None:
+        """Check a group's hyperparameters (also the defaults, before any parameter is read:
+        bad hyperparameters are named even when ``params`` is bad too, as in torch.optim)."""
         check_range("lr", group["lr"], low=0.0, high=None)
         if not isinstance(group["maximize"], bool):
             raise ValueError(f"maximize must be a bool, got {group['maximize']!r}")
+        for t in self.transforms_for(group):
+            t.validate(group)
+
+    def _validate_group(self, group: Mapping[str, Any]) -> None:
+        self._validate_settings(group)
         for p in group["params"]:
             if not (p.is_floating_point() or p.is_complex()):
                 raise ValueError(f"parameters must be floating point or complex, got {p.dtype}")
             if self.stochastic_rounding and p.dtype == torch.float16:
                 raise ValueError("stochastic_rounding=True supports bfloat16 parameters only, "
                                  "got a float16 parameter; use master_weights=True for float16")
-        for t in self.transforms_for(group):
-            t.validate(group)
 
     #: What pickling, ``copy.deepcopy`` and ``torch.save(optimizer)`` keep beyond torch.optim's
     #: ``defaults``/``state``/``param_groups``: the rules and the options (caches are rebuilt).
@@ -421,7 +427,7 @@ class ChainOptimizer(Optimizer):
             if stochastic:
                 stochastic_round_(dst, src)
             else:
-                torch._foreach_copy_(dst, src)
+                ops.copy_(dst, src)
 
     def _check_sparse(self, gi: int, group: Mapping[str, Any]) -> None:
         """Refuse sparse gradients where they are not supported, naming the parameter."""

@@ -56,6 +56,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from . import _ops as ops
+
 __all__ = ["Telemetry", "vanishing_exploding"]
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -187,7 +189,7 @@ class Telemetry:
             for idx, snap in self._buckets:
                 ps = [params[i].detach() for i in idx]
                 self._pnorm.extend(_norms(ps))
-                torch._foreach_copy_(snap, ps)
+                ops.copy_(snap, ps)
 
     def _post_hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         if not self._active:

@@ -186,6 +186,11 @@ class Adam(_DecayChoice):
                  decoupled_weight_decay: bool = False, nonfinite: str = "raise",
                  master_weights: bool = False, stochastic_rounding: bool = False,
                  state_dtype: torch.dtype | None = None) -> None:
+        if foreach:  # torch.optim.Adam's refusal (its foreach kernels take numbers only)
+            for key, v in (("lr", lr), ("betas[0]", betas[0]), ("betas[1]", betas[1])):
+                if isinstance(v, Tensor):
+                    raise ValueError(f"{key} as a Tensor is not supported for capturable=False "
+                                     "and foreach=True")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
