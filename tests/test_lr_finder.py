@@ -16,6 +16,7 @@ from torch import nn
 import optimlab
 from optimlab.lab.lrfind import find_lr, write_lr_find_report
 from optimlab.lab.runs import RunConfig, execute
+from optimlab.lab.schema import RunRecord
 from optimlab.lr_finder import RULES, LRFinderResult, lr_range_test, suggest_lrs
 
 matplotlib.use("Agg")
@@ -79,11 +80,11 @@ def _deep_clone(obj: Any) -> Any:
 # ----------------------------------------------------------------------------- acceptance
 
 
-def _stable(lr: float, steps: int = 100) -> tuple[bool, dict[str, Any]]:
+def _stable(lr: float, steps: int = 100) -> tuple[bool, RunRecord]:
     rec = execute(RunConfig("logreg-breast-cancer", "sgd", {"lr": lr}, batch_size="full",
                             steps=steps), threads=1)
-    losses = rec["evals"]["metrics"]["train_loss"]
-    ok = rec["status"] == "ok" and math.isfinite(losses[-1]) and losses[-1] < losses[0]
+    losses = rec.evals["metrics"]["train_loss"]
+    ok = rec.status == "ok" and math.isfinite(losses[-1]) and losses[-1] < losses[0]
     return ok, rec
 
 
@@ -107,7 +108,7 @@ def test_acceptance_suggestion_in_the_stable_range_of_convex_task() -> None:
             break
     assert lr_div is not None
     _, rec10 = _stable(10 * lr_div)
-    assert rec10["status"] == "diverged", rec10["error"]
+    assert rec10.status == "diverged", rec10.error
 
     # Full-batch float64 runs: every number here is the same under AVX-512 and AVX2 kernels,
     # one or two threads (measured). The suggestions are points of the sweep's grid (factor
@@ -118,13 +119,13 @@ def test_acceptance_suggestion_in_the_stable_range_of_convex_task() -> None:
         assert lr is not None, name
         assert lr < lr_div, (name, lr, lr_div)
     ok, rec = _stable(res.suggestion)
-    assert ok, rec["error"]
+    assert ok, rec.error
     # ... and it is a useful lr, not a timid one: within two decades of the divergence point.
     assert res.suggestion > lr_div / 100
     print(f"\nlogreg-breast-cancer/sgd/full: {res.summary()}; grid divergence point "
-          f"{lr_div:.3g} (x10 = {10 * lr_div:.3g}: {rec10['status']}); at the suggestion "
-          f"train_loss {rec['evals']['metrics']['train_loss'][0]:.4f} -> "
-          f"{rec['final']['train_loss']:.4f}")
+          f"{lr_div:.3g} (x10 = {10 * lr_div:.3g}: {rec10.status}); at the suggestion "
+          f"train_loss {rec.evals['metrics']['train_loss'][0]:.4f} -> "
+          f"{rec.final['train_loss']:.4f}")
 
 
 # ----------------------------------------------------------------------------- restoring

@@ -253,3 +253,21 @@ def test_bad_options(name: str, options: dict[str, object], option: str) -> None
 def test_unknown_option() -> None:
     with pytest.raises(ValueError, match="bad options"):
         make_task("beale", a=1.0)
+
+
+def test_escaping_the_saddle_is_defined_by_the_task() -> None:
+    task = make_task("saddle")
+    task.setup(0)
+    assert task.escaped() is False  # the start (0.5, 1e-3) sits near the stable manifold
+    with torch.no_grad():
+        task.point.copy_(torch.tensor([0.5, 0.0099], dtype=torch.float64))
+        assert task.escaped() is False  # |y| <= max(10 * 1e-3, 0.01)
+        task.point.copy_(torch.tensor([0.0, -0.0101], dtype=torch.float64))
+        assert task.escaped() is True  # either side of the saddle
+    on_manifold = make_task("saddle", start=(0.5, 0.0))
+    on_manifold.setup(0)
+    assert on_manifold._escape_radius == 0.01  # no unstable offset: the floor applies
+    for name in ("quadratic", "rosenbrock"):
+        other = make_task(name)
+        other.setup(0)
+        assert other.escaped() is None  # no saddle to escape

@@ -1,4 +1,4 @@
-"""Tests of the GPU-sized presets on tiny fixtures written in the real file formats."""
+"""Tests of the GPU-sized tasks (resnet18-cifar10, gpt-textfile) on tiny real-format files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import optimlab as ol
-from optimlab.lab.tasks import make_task, presets
-from optimlab.lab.tasks.presets import augment_batch, load_cifar10
+from optimlab.lab.tasks import make_task
+from optimlab.lab.tasks.cifar import CIFAR10_TRAIN_FILES, augment_batch, load_cifar10
 
 PER_BATCH = 20
 
@@ -22,7 +22,7 @@ def write_cifar(root: Path, seed: int = 0, per_batch: int = PER_BATCH) -> dict[s
     rng = np.random.RandomState(seed)
     root.mkdir(parents=True, exist_ok=True)
     raw: dict[str, np.ndarray] = {}
-    for name in (*presets.CIFAR10_TRAIN_FILES, "test_batch"):
+    for name in (*CIFAR10_TRAIN_FILES, "test_batch"):
         data = rng.randint(0, 256, size=(per_batch, 3072)).astype(np.uint8)
         labels = [int(v) for v in rng.randint(0, 10, size=per_batch)]
         d = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
@@ -264,3 +264,15 @@ def test_gpt_errors_name_the_path(tmp_path: Path):
         make_task("gpt-textfile", path=short, d_model=30, heads=4)
     with pytest.raises(ValueError, match="path"):
         make_task("gpt-textfile")
+
+
+def test_file_tasks_are_seed_dependent(cifar, textfile: Path):
+    # Both initialise their model from the seed (and CIFAR splits by it), so neither is
+    # deterministic with a full batch: different seeds, different parameters.
+    root, _ = cifar
+    for make in (lambda: cifar_task(root), lambda: gpt_task(textfile)):
+        task = make()
+        assert not task.info.deterministic_with_full_batch
+        first = [p.detach().clone() for p in task.parameters()]
+        task.setup(seed=1)
+        assert not all(torch.equal(a, p) for a, p in zip(first, task.parameters()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -94,3 +95,30 @@ def test_register_refuses_duplicates() -> None:
             register("registry-test-task")(make_line)
     finally:
         del TASKS["registry-test-task"]
+
+
+#: Tasks that need local files (covered in test_tasks_presets.py, with their flag there).
+FILE_TASKS = {"resnet18-cifar10", "gpt-textfile"}
+
+
+@pytest.mark.parametrize("name", sorted(set(TASKS) - FILE_TASKS))
+def test_the_determinism_flag_matches_what_the_seed_changes(name: str) -> None:
+    # deterministic_with_full_batch: nothing but the data order depends on the seed, so two
+    # seeds build the same parameters and the same full batch (the training data).
+    def built(seed: int) -> tuple[list[torch.Tensor], Any]:
+        task = make_task(name)
+        task.setup(seed)
+        full = next(task.batches(None, torch.Generator().manual_seed(seed)))
+        return [p.detach().clone() for p in task.parameters()], full
+
+    (p0, b0), (p1, b1) = built(0), built(1)
+    same = all(torch.equal(a, b) for a, b in zip(p0, p1, strict=True)) and _equal(b0, b1)
+    assert make_task(name).info.deterministic_with_full_batch == same
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b

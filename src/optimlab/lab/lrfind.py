@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from ..lr_finder import LRFinderResult, lr_range_test, validate_range_test_args
+from . import validate
 from .optimizers import build_optimizer
-from .runs import parse_batch_size
 from .tasks import make_task
 
 __all__ = ["JSON_NAME", "PLOT_NAME", "find_lr", "write_lr_find_report"]
@@ -59,9 +59,8 @@ def find_lr(task: str, optimizer: str = "sgd", *, task_options: Mapping[str, Any
     """
     validate_range_test_args(start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
                              smoothing=smoothing, diverge_factor=diverge_factor, rule=rule)
-    bs = parse_batch_size(batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    bs = validate.batch_size("batch_size", batch_size)
+    seed = validate.non_negative_int("seed", seed)
     t = make_task(task, **dict(task_options or {}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -1,29 +1,51 @@
 """Runs: one task trained by one optimizer configuration for one seed, measured.
 
-A :class:`RunConfig` says what to run; :func:`execute` runs it and returns a *record*, a
-JSON-able dict (the schema is documented on :func:`execute`) that the results store keeps and
-the report reads. A run never raises for what the optimizer does: a non-finite or exploding
-loss ends it with status ``"diverged"``, any other error with status ``"failed"`` and the error
-message, so a study always completes.
+A :class:`RunConfig` says what to run; :func:`execute` runs it and returns a
+:class:`~optimlab.lab.schema.RunRecord` (fields documented there) that the results store keeps
+and the report reads. A run never raises for what the optimizer does: a diverging loss ends it
+with status ``"diverged"``, any other error with status ``"failed"`` and the error message, so
+a study always completes.
 
 Every optimizer step goes through ``optimizer.step(closure)``: the closure computes the loss of
-the current mini-batch and its gradients, so closure-driven optimizers (L-BFGS, line searches,
-SAM's two passes) run unchanged, and the number of closure evaluations is recorded.
+the current mini-batch and its gradients (then clips them when the config says so: element
+values to ``clip_value`` first, then the global L2 norm to ``clip_norm``), so closure-driven
+optimizers (L-BFGS, line searches, SAM's two passes) run unchanged, and the number of closure
+evaluations is recorded.
+
+**Divergence rule.** With ``L0 = max(|initial training loss|, 1)``, a run diverges when the
+mini-batch training loss is not finite, or exceeds ``DIVERGENCE_FACTOR * L0`` (1000x) at any
+step (or at an evaluation), or exceeds ``SUSTAINED_FACTOR * L0`` (10x) at
+``max(SUSTAINED_MIN_STEPS, steps // 100)`` consecutive steps; or when the optimizer refuses a
+non-finite gradient.
+
+**Evaluation grid** (:class:`EvalGrid`). With ``eval_every`` given, exactly every
+``eval_every`` steps. Otherwise every step on 2-D tasks; elsewhere every ``k = max(1, steps //
+EVALS_PER_RUN)`` steps (50 evaluations), and every ``max(1, k // 10)`` steps while the target
+metric is within 10x of its target *and*, at its current rate of change, within two coarse
+intervals of crossing it (at most ``MAX_FINE_EVALS`` such evaluations per run). Step 0 and the
+last step are always evaluated. The record keeps every evaluated step, so the resolution of the
+settled step (``target_resolution``) is known.
+
+**Time.** Training seconds exclude evaluations. The first ``WARMUP_STEPS`` steps (allocator,
+kernel selection and cache warm-up) are reported as ``warmup_seconds``; ``seconds_per_step`` is
+the median of the later steps and ``time_to_target`` counts the warm-up steps at that median.
+
+**Series** (at evaluation steps, from one parameter snapshot before that step): update norm,
+parameter norm, gradient norm (before clipping), effective step size (update norm / gradient
+norm) and the loss noise since the previous evaluation (see :data:`SERIES`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
-import operator
 import resource
+import statistics
 import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,17 +53,54 @@ import torch
 from .. import schedules
 from ..chain import NonFiniteGradientError
 from ..telemetry import Telemetry
-from .optimizers import build_optimizer, plain, resolve_hyperparams
+from .optimizers import build_optimizer, plain
+from .schema import (
+    LR_SCALING,
+    RunConfig,
+    RunRecord,
+    Settled,
+    TaskFacts,
+    parse_batch_size,
+    settle,
+)
+from .schema import steady_time as _steady_time
 from .tasks import Task, make_task
 
-__all__ = ["SCHEDULES", "RunConfig", "RunPruned", "execute", "make_schedule"]
+__all__ = ["DIVERGENCE_FACTOR", "MAX_EVALS_KEPT", "MAX_FINE_EVALS", "MAX_POINTS", "SCHEDULES",
+           "SERIES", "SUSTAINED_FACTOR", "SUSTAINED_MIN_STEPS", "WARMUP_STEPS", "EvalGrid",
+           "RunConfig", "RunPruned", "budget_steps", "examples_per_step", "execute",
+           "loss_noise", "lr_scale", "make_schedule", "parse_batch_size"]
 
-#: A loss above ``DIVERGENCE_FACTOR * max(|initial loss|, 1)`` counts as exploding.
+#: A loss above ``DIVERGENCE_FACTOR * max(|initial loss|, 1)`` at any step is divergence.
 DIVERGENCE_FACTOR = 1e3
-#: At most this many points of the training-loss curve and of 2-D trajectories are kept.
+#: A loss above ``SUSTAINED_FACTOR * max(|initial loss|, 1)`` at ``max(SUSTAINED_MIN_STEPS,
+#: steps // 100)`` consecutive steps is divergence too.
+SUSTAINED_FACTOR = 10.0
+SUSTAINED_MIN_STEPS = 5
+#: At most this many points of the training-loss curve are kept (2-D trajectories: 2000).
 MAX_POINTS = 400
-
-
+#: At most about this many evaluations (and series points) are kept in a record: every k-th,
+#: plus step 0, the last step and the evaluations that fix ``first_crossing``,
+#: ``steps_to_target`` and ``target_resolution`` (a 2-D run evaluated at each of 5000 steps
+#: would otherwise store 1.4 MB).
+MAX_EVALS_KEPT = 500
+#: Steps whose time is warm-up, excluded from ``seconds_per_step`` and ``time_to_target``.
+WARMUP_STEPS = 5
+#: The default grid's coarse evaluations per run (non-2-D tasks). An evaluation of a neural
+#: task costs 5-35 training steps (mnist1d-cnn: 35; gru-charlm: 7), so 100 evaluations made a
+#: default mnist1d-cnn run 65% slower than 25 did; 50, with the fine grid near the target,
+#: resolves the settled step to 2% of the budget far from it and 0.2% near it.
+EVALS_PER_RUN = 50
+#: The fine grid near the target is this many times finer than the coarse one.
+FINE_FACTOR = 10
+#: At most this many fine evaluations per run (bounds the cost of the adaptive grid).
+MAX_FINE_EVALS = 50
+#: "Near the target": within this factor of it (positive targets only).
+NEAR_RATIO = 10.0
+#: ... and within this many coarse intervals of crossing it at the current rate.
+NEAR_INTERVALS = 2
+#: The series recorded at evaluation steps.
+SERIES = ("update_norm", "param_norm", "grad_norm", "effective_lr", "loss_noise")
 class RunPruned(Exception):
     """Raised by an ``on_eval`` callback to stop a run early; the run ends as ``"pruned"``."""
 
@@ -84,111 +143,6 @@ def make_schedule(name: str, lr: float, steps: int) -> schedules.Schedule:
     return SCHEDULES[name][0](lr, steps)
 
 
-def _check_positive_int(name: str, value: Any, *, allow_none: bool = True) -> int | None:
-    if value is None and allow_none:
-        return None
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return v
-
-
-def parse_batch_size(value: Any) -> int | str:
-    """``"full"`` (batch gradient descent) or a positive integer (``1``: stochastic)."""
-    if isinstance(value, str):
-        s = value.strip().lower()
-        if s == "full":
-            return "full"
-        if s.isdigit():
-            value = int(s)
-    try:
-        return _check_positive_int("batch_size", value, allow_none=False)  # type: ignore[return-value]
-    except ValueError:
-        raise ValueError(f"batch_size must be 'full' or a positive integer, got {value!r}"
-                         ) from None
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that defines a run; two equal configs give the same run (on CPU, bit for bit).
-
-    Attributes:
-        task: task name (registry name or ``"module:factory"``).
-        optimizer: lab optimizer name (see :data:`optimlab.lab.optimizers.LAB_OPTIMIZERS`) or
-            ``"module:Class"``.
-        hyperparams: optimizer hyperparameters (completed by :meth:`resolved`).
-        task_options: options of the task factory.
-        schedule: learning-rate schedule name (:data:`SCHEDULES`).
-        batch_size: ``"full"`` or a positive integer.
-        seed: the seed of model initialization and data order.
-        steps: step budget (``None``: the task's default).
-        seconds: optional wall-clock budget on training time; the run stops at whichever of
-            ``steps`` and ``seconds`` comes first (a seconds budget makes runs machine-dependent).
-        eval_every: steps between evaluations (``None``: about 25 evaluations per run; every
-            step on 2-D tasks).
-        telemetry: record gradient telemetry (:class:`optimlab.Telemetry`).
-    """
-
-    task: str
-    optimizer: str
-    hyperparams: Mapping[str, Any] = field(default_factory=dict)
-    task_options: Mapping[str, Any] = field(default_factory=dict)
-    schedule: str = "constant"
-    batch_size: int | str = 32
-    seed: int = 0
-    steps: int | None = None
-    seconds: float | None = None
-    eval_every: int | None = None
-    telemetry: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size))
-        object.__setattr__(self, "steps", _check_positive_int("steps", self.steps))
-        object.__setattr__(self, "eval_every", _check_positive_int("eval_every",
-                                                                   self.eval_every))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.seconds is not None and not (isinstance(self.seconds, (int, float))
-                                             and math.isfinite(self.seconds)
-                                             and self.seconds > 0):
-            raise ValueError(f"seconds must be a positive number, got {self.seconds!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; allowed: "
-                             f"{', '.join(SCHEDULES)}")
-
-    def resolved(self) -> RunConfig:
-        """This config with every optimizer hyperparameter and the step budget made explicit,
-        so that its key does not change when a default does. Raises ``ValueError`` for unknown
-        tasks, optimizers, options and hyperparameters."""
-        hyper = resolve_hyperparams(self.optimizer, self.hyperparams)
-        steps = self.steps
-        if steps is None:
-            steps = make_task(self.task, **self.task_options).info.steps
-        return RunConfig(**{**asdict(self), "hyperparams": hyper, "steps": steps})
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (the ``config`` of a record)."""
-        d = asdict(self)
-        d["hyperparams"] = dict(sorted(dict(self.hyperparams).items()))
-        d["task_options"] = dict(sorted(dict(self.task_options).items()))
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**d)
-
-    def key(self) -> str:
-        """A stable identifier: a hash of the canonical JSON of :meth:`to_dict`."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
 def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -228,32 +182,90 @@ def _gap(final: Mapping[str, float]) -> float | None:
     return None
 
 
+class EvalGrid:
+    """Which steps a run evaluates (see the module docstring).
+
+    Args:
+        steps: the step budget (always evaluated last).
+        kind: the task's kind (``"2d"``: every step).
+        target: the target of the task's target metric.
+        eval_every: a fixed interval (``None``: the default, adaptive grid).
+    """
+
+    def __init__(self, steps: int, kind: str, target: float,
+                 eval_every: int | None = None) -> None:
+        self.steps = steps
+        self.target = target
+        self.fixed = eval_every if eval_every is not None else (1 if kind == "2d" else None)
+        self.coarse = max(1, steps // EVALS_PER_RUN)
+        self.fine = max(1, self.coarse // FINE_FACTOR)
+        self.fine_left = MAX_FINE_EVALS
+        self._last: tuple[int, float] | None = None
+
+    def next_after(self, step: int, value: float) -> int:
+        """The next step to evaluate, after an evaluation at ``step`` that gave ``value`` of
+        the target metric."""
+        if self.fixed is not None:
+            nxt = (step // self.fixed + 1) * self.fixed
+        else:
+            interval = self.coarse
+            if self.fine < self.coarse and self.fine_left > 0 and self._near(step, value):
+                interval = self.fine
+                self.fine_left -= 1
+            nxt = step + interval
+        self._last = (step, value)
+        return min(nxt, self.steps)
+
+    def _near(self, step: int, value: float) -> bool:
+        t = self.target
+        if self._last is None or not (t > 0 and math.isfinite(value)):
+            return False
+        if not t / NEAR_RATIO <= value <= t * NEAR_RATIO:
+            return False
+        prev_step, prev = self._last
+        if not math.isfinite(prev) or step <= prev_step:
+            return False
+        rate = abs(value - prev) / (step - prev_step)
+        return abs(value - t) <= NEAR_INTERVALS * self.coarse * rate
+
+
+def examples_per_step(batch_size: int | str, n_train: int) -> int:
+    """Nominal training examples per step: the batch size, at most ``n_train`` (full batch:
+    ``n_train``). Budgets in examples or epochs and lr scaling use it."""
+    return n_train if batch_size == "full" else min(int(batch_size), n_train)
+
+
+def budget_steps(config: RunConfig, n_train: int) -> int:
+    """The step budget of ``config`` on a training set of ``n_train`` examples:
+    ``ceil(examples / e)`` or ``ceil(epochs * n_train / e)`` with ``e`` =
+    :func:`examples_per_step`, else ``config.steps`` (which must then be resolved)."""
+    per_step = examples_per_step(config.batch_size, n_train)
+    if config.examples is not None:
+        return max(1, math.ceil(config.examples / per_step))
+    if config.epochs is not None:
+        # round() first: 1.1 * 100 / 10 is 11.000000000000002 in floats; ceil would say 12
+        return max(1, math.ceil(round(config.epochs * n_train / per_step, 9)))
+    if config.steps is None:
+        raise ValueError("the config has no step budget; resolve it first")
+    return int(config.steps)
+
+
+def lr_scale(config: RunConfig, n_train: int) -> float:
+    """The factor ``(e / base_batch_size) ** p`` of ``config.lr_scaling`` (``e`` =
+    :func:`examples_per_step`; ``p`` = 0, 1 or 1/2 for none, linear, sqrt)."""
+    p = LR_SCALING[config.lr_scaling]
+    return (examples_per_step(config.batch_size, n_train) / config.base_batch_size) ** p
+
+
 def execute(config: RunConfig, *, device: str | torch.device = "cpu",
             threads: int | None = None,
-            on_eval: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Run ``config`` and return its record.
+            on_eval: Callable[[int, dict[str, float]], None] | None = None) -> RunRecord:
+    """Run ``config`` and return its :class:`~optimlab.lab.schema.RunRecord`.
 
-    The record (a JSON-able dict):
-
-    * ``key``, ``config`` (resolved: every hyperparameter explicit);
-    * ``status``: ``"ok"``, ``"diverged"`` (non-finite or exploding loss, or a non-finite
-      gradient the optimizer refused), ``"pruned"`` (``on_eval`` raised :class:`RunPruned`)
-      or ``"failed"`` (any other error; ``error`` says what);
-    * ``task_info``: kind, description, target, target_metric, n_train;
-    * ``curve``: ``step``, ``time`` (training seconds, evaluations excluded) and mini-batch
-      ``train_loss``, at most :data:`MAX_POINTS` points;
-    * ``evals``: ``step``, ``time`` and ``metrics`` (name -> list) of each evaluation,
-      step 0 and the last step included; ``final``: the last evaluation's metrics;
-    * ``steps_to_target``, ``time_to_target``: at the first evaluation where the task's
-      target metric is at or below its target (``None`` if never);
-    * ``generalization_gap``: final ``test_loss - train_loss`` where the task has a test set;
-    * ``steps_done``, ``train_seconds``, ``wall_seconds``;
-    * ``peak_memory_bytes`` and ``memory_kind`` (CUDA: max allocated; CPU: the worker's peak
-      RSS), ``state_bytes`` (optimizer state), ``n_params``, ``param_bytes``;
-    * ``trajectory``: 2-D tasks, the point ``[x, y]`` after each (recorded) step from the start;
-    * ``lr``: the learning rate the schedule set, ``step`` and ``value``;
-    * ``telemetry``: :meth:`optimlab.Telemetry.summary` when ``config.telemetry``;
-    * ``extra``: further scalar measurements (``closure_evals``).
+    The record's config is resolved: every hyperparameter explicit, and the step budget
+    derived from a budget in examples or epochs (:func:`budget_steps`). With ``lr_scaling``,
+    the optimizer runs at ``lr * lr_scale(config, n_train)`` (recorded in the ``lr`` curve and
+    as the scalar ``lr_scale``); the config keeps the given lr.
 
     Args:
         config: what to run (resolved here if it is not yet).
@@ -266,8 +278,8 @@ def execute(config: RunConfig, *, device: str | torch.device = "cpu",
 
     Raises:
         ValueError: the config itself is invalid (unknown task, optimizer, option or
-            hyperparameter; an invalid value). Everything that goes wrong *during* the run is
-            recorded instead.
+            hyperparameter; an invalid value; lr scaling for an optimizer without an lr).
+            Everything that goes wrong *during* the run is recorded instead.
     """
     config = config.resolved()
     device = torch.device(device)
@@ -278,162 +290,307 @@ def execute(config: RunConfig, *, device: str | torch.device = "cpu",
     try:
         torch.manual_seed(config.seed)
         task.setup(config.seed, device)
-        params = task.parameters()
-        optimizer = build_optimizer(config.optimizer, params, config.hyperparams)
-        return _train(config, task, optimizer, device, on_eval)
+        n_train = int(task.n_train)
+        config = replace(config, steps=budget_steps(config, n_train))
+        hyper = dict(config.hyperparams)
+        scale = lr_scale(config, n_train)
+        if config.lr_scaling != "none":
+            if not isinstance(hyper.get("lr"), (int, float)):
+                raise ValueError(f"lr_scaling {config.lr_scaling!r} needs an optimizer with a "
+                                 f"numeric lr; {config.optimizer!r} has none")
+            hyper["lr"] = hyper["lr"] * scale
+        optimizer = build_optimizer(config.optimizer, task.parameters(), hyper)
+        return _Run(config, task, optimizer, device, on_eval, scale).train()
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _train(config: RunConfig, task: Task, optimizer: torch.optim.Optimizer,
-           device: torch.device,
-           on_eval: Callable[[int, dict[str, float]], None] | None) -> dict[str, Any]:
-    wall0 = time.perf_counter()
-    info = task.info
-    steps = int(config.steps)  # resolved
-    params = task.parameters()
-    n_params = sum(p.numel() for p in params)
-    base_lr = float(config.hyperparams.get("lr", optimizer.param_groups[0].get("lr", 0.0)))
-    scheduler = schedules.ScheduledLR(optimizer, make_schedule(config.schedule, base_lr, steps))
-    eval_every = config.eval_every or max(1, steps // (500 if info.kind == "2d" else 25))
-    log_every = _thin(steps)
-    batch_size = None if config.batch_size == "full" else int(config.batch_size)
-    gen = torch.Generator().manual_seed(config.seed)
-    batches = task.batches(batch_size, gen)
-    telemetry = (Telemetry(optimizer, task.model, per_layer=False, keep_history=False)
-                 if config.telemetry else None)
+def _flat(params: list[torch.Tensor]) -> torch.Tensor:
+    """All parameters as one vector (float64 for float64 parameters, else float32)."""
+    return torch.cat([p.detach().reshape(-1).to(torch.float64 if p.dtype == torch.float64
+                                                 else torch.float32) for p in params])
 
-    curve: dict[str, list[float]] = {"step": [], "time": [], "train_loss": []}
-    evals: dict[str, Any] = {"step": [], "time": [], "metrics": {}}
-    lr_curve: dict[str, list[float]] = {"step": [], "value": []}
-    is_2d = info.kind == "2d"
-    trajectory: list[list[float]] | None = [] if is_2d else None
-    traj_every = _thin(steps, 2000)
-    status, error = "ok", None
-    steps_to_target: int | None = None
-    time_to_target: float | None = None
-    train_time = 0.0
-    closure_evals = 0
-    step = 0
 
-    def evaluate(at: int) -> dict[str, float]:
-        nonlocal steps_to_target, time_to_target
-        metrics = {k: float(v) for k, v in task.evaluate().items()}
-        evals["step"].append(at)
-        evals["time"].append(train_time)
+def _total_norm(params: list[torch.Tensor]) -> float:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return math.nan
+    return float(torch.nn.utils.get_total_norm(grads))
+
+
+def loss_noise(losses: list[float]) -> float:
+    """The standard deviation of ``losses`` (consecutive mini-batch losses) about their
+    least-squares linear trend, so that the loss's own decrease over the interval is not
+    counted as noise; NaN for fewer than 3 values or non-finite ones."""
+    n = len(losses)
+    if n < 3 or not all(math.isfinite(v) for v in losses):
+        return math.nan
+    xm, ym = (n - 1) / 2, math.fsum(losses) / n
+    sxx = math.fsum((i - xm) ** 2 for i in range(n))
+    slope = math.fsum((i - xm) * (v - ym) for i, v in enumerate(losses)) / sxx
+    sse = math.fsum((v - ym - slope * (i - xm)) ** 2 for i, v in enumerate(losses))
+    return math.sqrt(sse / (n - 2))
+
+
+def _thin_evals(evals: dict[str, Any], series: dict[str, dict[str, list[float]]],
+                s: Settled) -> tuple[dict[str, Any], dict[str, dict[str, list[float]]]]:
+    """``evals`` and ``series`` cut to about :data:`MAX_EVALS_KEPT` evaluations, keeping
+    those that fix the time-to-target fields."""
+    n = len(evals["step"])
+    if n <= MAX_EVALS_KEPT:
+        return evals, series
+    keep = set(range(0, n, math.ceil(n / MAX_EVALS_KEPT))) | {0, n - 1}
+    if s.index is not None:
+        keep |= {s.index, max(s.index - 1, 0)}
+    if s.first_crossing is not None:
+        i = evals["step"].index(s.first_crossing)
+        keep |= {i, max(i - 1, 0)}
+    idx = sorted(keep)
+    out: dict[str, Any] = {k: [evals[k][i] for i in idx]
+                           for k in ("step", "time", "grad_evals", "examples")}
+    out["metrics"] = {name: [v[i] for i in idx] for name, v in evals["metrics"].items()}
+    steps = set(out["step"])
+    thinned = {}
+    for name, ser in series.items():
+        pairs = [(st, v) for st, v in zip(ser["step"], ser["value"], strict=True) if st in steps]
+        thinned[name] = {"step": [st for st, _ in pairs], "value": [v for _, v in pairs]}
+    return out, thinned
+
+
+class _Run:
+    """The training loop of one run and what it measures."""
+
+    def __init__(self, config: RunConfig, task: Task, optimizer: torch.optim.Optimizer,
+                 device: torch.device,
+                 on_eval: Callable[[int, dict[str, float]], None] | None,
+                 lr_scale: float) -> None:
+        self.config, self.task, self.optimizer, self.device = config, task, optimizer, device
+        self.on_eval = on_eval
+        self.lr_scale = lr_scale
+        self.params = task.parameters()
+        self.steps = int(config.steps)  # type: ignore[arg-type]  # derived by execute
+        self.train_time = 0.0
+        self.closure_evals = 0
+        self.n_examples = 0
+        self.grad_norm: float | None = None
+        self.evals: dict[str, Any] = {"step": [], "time": [], "grad_evals": [], "examples": [],
+                                      "metrics": {}}
+
+    def closure(self, batch: Any, measure: bool) -> torch.Tensor:
+        """Loss and gradients of ``batch``; measures the gradient norm (first call of a
+        measured step) and clips the gradients as configured."""
+        self.closure_evals += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.task.loss(batch)
+        loss.backward()
+        if measure and self.grad_norm is None:
+            self.grad_norm = _total_norm(self.params)
+        if self.config.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(self.params, self.config.clip_value)
+        if self.config.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
+        return loss
+
+    def evaluate(self, at: int) -> dict[str, float]:
+        metrics = {k: float(v) for k, v in self.task.evaluate().items()}
+        ev = self.evals
+        ev["step"].append(at)
+        ev["time"].append(self.train_time)
+        ev["grad_evals"].append(self.closure_evals)
+        ev["examples"].append(self.n_examples)
+        n = len(ev["step"])
         for name, value in metrics.items():
-            evals["metrics"].setdefault(name, [math.nan] * (len(evals["step"]) - 1))
-            evals["metrics"][name].append(value)
-        for values in evals["metrics"].values():
-            if len(values) < len(evals["step"]):
+            ev["metrics"].setdefault(name, [math.nan] * (n - 1)).append(value)
+        for values in ev["metrics"].values():
+            if len(values) < n:
                 values.append(math.nan)
-        value = metrics.get(info.target_metric)
-        if (steps_to_target is None and value is not None and math.isfinite(value)
-                and value <= info.target):
-            steps_to_target, time_to_target = at, train_time
         return metrics
 
-    def point() -> list[float]:
-        return [float(v) for v in torch.cat([p.detach().reshape(-1) for p in params])[:2]]
+    def train(self) -> RunRecord:
+        wall0 = time.perf_counter()
+        config, task, optimizer, device = self.config, self.task, self.optimizer, self.device
+        info, params, steps = task.info, self.params, self.steps
+        base_lr = float(optimizer.param_groups[0].get("lr", 0.0))
+        scheduler = schedules.ScheduledLR(optimizer,
+                                          make_schedule(config.schedule, base_lr, steps))
+        grid = EvalGrid(steps, info.kind, info.target, config.eval_every)
+        log_every = _thin(steps)
+        batch_size = None if config.batch_size == "full" else int(config.batch_size)
+        batches = task.batches(batch_size, torch.Generator().manual_seed(config.seed))
+        telemetry = (Telemetry(optimizer, task.model, per_layer=False, keep_history=False)
+                     if config.telemetry else None)
 
-    _memory_before(device)
-    initial = evaluate(0)
-    ref = initial.get("train_loss", math.nan)
-    limit = DIVERGENCE_FACTOR * max(abs(ref), 1.0) if math.isfinite(ref) else math.inf
-    if trajectory is not None:
-        trajectory.append(point())
-    if not math.isfinite(ref):
-        status, error = "diverged", f"initial training loss is {ref}"
+        curve: dict[str, list[float]] = {"step": [], "time": [], "train_loss": []}
+        lr_curve: dict[str, list[float]] = {"step": [], "value": []}
+        series: dict[str, dict[str, list[float]]] = {n: {"step": [], "value": []}
+                                                     for n in SERIES}
+        trajectory: list[list[float]] | None = [] if info.kind == "2d" else None
+        traj_every = _thin(steps, 2000)
+        step_times: list[float] = []
+        losses: list[float] = []  # mini-batch losses since the last evaluation
+        scalars: dict[str, float] = {}
+        status, error = "ok", None
+        step = 0
 
-    try:
-        while status == "ok" and step < steps:
-            if config.seconds is not None and train_time >= config.seconds:
-                break
-            lr_now = float(optimizer.param_groups[0]["lr"])
-            t0 = time.perf_counter()
-            batch = next(batches)
+        def point() -> list[float]:
+            return [float(v) for v in torch.cat([p.detach().reshape(-1) for p in params])[:2]]
 
-            def closure(batch: Any = batch) -> torch.Tensor:
-                nonlocal closure_evals
-                closure_evals += 1
-                optimizer.zero_grad(set_to_none=True)
-                loss = task.loss(batch)
-                loss.backward()
-                return loss
+        _memory_before(device)
+        initial = self.evaluate(0)
+        ref = initial.get("train_loss", math.nan)
+        scale = max(abs(ref), 1.0) if math.isfinite(ref) else math.inf
+        explode = DIVERGENCE_FACTOR * scale
+        sustained = SUSTAINED_FACTOR * scale
+        window = max(SUSTAINED_MIN_STEPS, steps // 100)
+        above = 0
+        next_eval = grid.next_after(0, initial.get(info.target_metric, math.nan))
+        watch_escape = task.escaped() is not None
+        if watch_escape and task.escaped():
+            scalars["escape_step"], watch_escape = 0, False
+        if trajectory is not None:
+            trajectory.append(point())
+        if not math.isfinite(ref):
+            status, error = "diverged", f"initial training loss is {ref}"
 
-            loss = optimizer.step(closure)
-            scheduler.step()
-            loss_value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_time += time.perf_counter() - t0
-            step += 1
-            if step % log_every == 0 or step == 1 or step == steps:
-                curve["step"].append(step)
-                curve["time"].append(train_time)
-                curve["train_loss"].append(loss_value)
-                lr_curve["step"].append(step - 1)
-                lr_curve["value"].append(lr_now)
-            if trajectory is not None and (step % traj_every == 0 or step == steps):
-                trajectory.append(point())
-            if not math.isfinite(loss_value) or loss_value > limit:
-                status = "diverged"
-                error = f"training loss {loss_value:.4g} at step {step}"
-                break
-            if step % eval_every == 0 or step == steps:
-                metrics = evaluate(step)
-                train_loss = metrics.get("train_loss", 0.0)
-                if not math.isfinite(train_loss) or train_loss > limit:
+        try:
+            while status == "ok" and step < steps:
+                if config.seconds is not None and self.train_time >= config.seconds:
+                    break
+                measure = step + 1 == next_eval
+                before = _flat(params) if measure else None
+                self.grad_norm = None
+                lr_now = float(optimizer.param_groups[0]["lr"])
+                t0 = time.perf_counter()
+                batch = next(batches)
+                self.n_examples += task.batch_examples(batch)
+                loss = optimizer.step(lambda b=batch, m=measure: self.closure(b, m))
+                scheduler.step()
+                loss_value = (float(loss.detach()) if isinstance(loss, torch.Tensor)
+                              else float(loss))
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                dt = time.perf_counter() - t0
+                self.train_time += dt
+                step_times.append(dt)
+                step += 1
+                losses.append(loss_value)
+                if step % log_every == 0 or step == 1 or step == steps:
+                    curve["step"].append(step)
+                    curve["time"].append(self.train_time)
+                    curve["train_loss"].append(loss_value)
+                    lr_curve["step"].append(step - 1)
+                    lr_curve["value"].append(lr_now)
+                if trajectory is not None and (step % traj_every == 0 or step == steps):
+                    trajectory.append(point())
+                if watch_escape and task.escaped():
+                    scalars["escape_step"], watch_escape = step, False
+                above = above + 1 if loss_value > sustained else 0
+                if not math.isfinite(loss_value) or loss_value > explode:
                     status = "diverged"
-                    error = f"training loss {train_loss:.4g} at step {step}"
-                elif on_eval is not None:
-                    on_eval(step, metrics)
-    except RunPruned as e:
-        status, error = "pruned", f"pruned at step {step}" + (f": {e}" if str(e) else "")
-    except (NonFiniteGradientError, FloatingPointError) as e:
-        status, error = "diverged", f"{type(e).__name__} at step {step + 1}: {e}"
-    except Exception as e:  # recorded, so that the study goes on
-        status = "failed"
-        error = f"{type(e).__name__} at step {step + 1}: {e}"
-        tb = traceback.format_exc(limit=4)
-        error += " | " + " / ".join(line.strip() for line in tb.splitlines()[-4:])
-    finally:
-        if telemetry is not None:
-            telemetry.close()
+                    error = (f"training loss {loss_value:.4g} at step {step} (divergence: "
+                             f"non-finite or above {DIVERGENCE_FACTOR:g}x max(|initial|, 1))")
+                    break
+                if above >= window:
+                    status = "diverged"
+                    error = (f"training loss above {SUSTAINED_FACTOR:g}x max(|initial|, 1) "
+                             f"= {sustained:.4g} for {window} consecutive steps, up to step "
+                             f"{step}")
+                    break
+                if step == next_eval:
+                    metrics = self.evaluate(step)
+                    if before is not None:
+                        self._measure(series, step, before, losses)
+                    losses = []
+                    train_loss = metrics.get("train_loss", 0.0)
+                    if not math.isfinite(train_loss) or train_loss > explode:
+                        status = "diverged"
+                        error = f"training loss {train_loss:.4g} at step {step}"
+                    else:
+                        if self.on_eval is not None:
+                            self.on_eval(step, metrics)
+                        next_eval = grid.next_after(
+                            step, metrics.get(info.target_metric, math.nan))
+        except RunPruned as e:
+            status, error = "pruned", f"pruned at step {step}" + (f": {e}" if str(e) else "")
+        except (NonFiniteGradientError, FloatingPointError) as e:
+            status, error = "diverged", f"{type(e).__name__} at step {step + 1}: {e}"
+        except Exception as e:  # recorded, so that the study goes on
+            status = "failed"
+            error = f"{type(e).__name__} at step {step + 1}: {e}"
+            tb = traceback.format_exc(limit=4)
+            error += " | " + " / ".join(line.strip() for line in tb.splitlines()[-4:])
+        finally:
+            if telemetry is not None:
+                telemetry.close()
 
-    if not evals["step"] or evals["step"][-1] != step:
-        with contextlib.suppress(Exception):
-            evaluate(step)
-    final = {k: v[-1] for k, v in evals["metrics"].items()}
-    peak, memory_kind = _peak_memory(device)
-    telemetry_summary = None
-    if telemetry is not None:
-        with contextlib.suppress(Exception):
-            telemetry_summary = plain(telemetry.summary())
-    return {
-        "key": config.key(),
-        "config": config.to_dict(),
-        "status": status,
-        "error": error,
-        "task_info": {"name": info.name, "kind": info.kind, "description": info.description,
-                      "target": info.target, "target_metric": info.target_metric,
-                      "n_train": int(task.n_train), "options": plain(info.options)},
-        "curve": curve,
-        "evals": evals,
-        "final": final,
-        "steps_to_target": steps_to_target,
-        "time_to_target": time_to_target,
-        "generalization_gap": _gap(final),
-        "steps_done": step,
-        "train_seconds": train_time,
-        "wall_seconds": time.perf_counter() - wall0,
-        "peak_memory_bytes": peak,
-        "memory_kind": memory_kind,
-        "state_bytes": state_bytes(optimizer),
-        "n_params": int(n_params),
-        "param_bytes": int(sum(p.numel() * p.element_size() for p in params)),
-        "trajectory": trajectory,
-        "lr": lr_curve,
-        "telemetry": telemetry_summary,
-        "extra": {"closure_evals": closure_evals},
-    }
+        if not self.evals["step"] or self.evals["step"][-1] != step:
+            with contextlib.suppress(Exception):
+                self.evaluate(step)
+        return self._record(status, error, curve, lr_curve, series, trajectory, step,
+                            step_times, scalars, telemetry, wall0)
+
+    def _measure(self, series: dict[str, dict[str, list[float]]], step: int,
+                 before: torch.Tensor, losses: list[float]) -> None:
+        after = _flat(self.params)
+        update = float((after - before).norm())
+        grad = self.grad_norm if self.grad_norm is not None else math.nan
+        values = {"update_norm": update, "param_norm": float(after.norm()),
+                  "grad_norm": grad,
+                  "effective_lr": update / grad if grad > 0 else math.nan,
+                  "loss_noise": loss_noise(losses)}
+        for name, value in values.items():
+            series[name]["step"].append(step)
+            series[name]["value"].append(value)
+
+    def _record(self, status: str, error: str | None, curve: dict[str, list[float]],
+                lr_curve: dict[str, list[float]], series: dict[str, dict[str, list[float]]],
+                trajectory: list[list[float]] | None, step: int, step_times: list[float],
+                scalars: dict[str, float], telemetry: Telemetry | None,
+                wall0: float) -> RunRecord:
+        config, task, info, evals = self.config, self.task, self.task.info, self.evals
+        final = {k: v[-1] for k, v in evals["metrics"].items()}
+        values = evals["metrics"].get(info.target_metric, [math.nan] * len(evals["step"]))
+        s = settle(evals["step"], values, info.target, ok=status == "ok")
+        if s.index is not None:
+            settled_at = (evals["grad_evals"][s.index], evals["examples"][s.index],
+                          evals["time"][s.index])
+        evals, series = _thin_evals(evals, series, s)
+        warmup = math.fsum(step_times[:WARMUP_STEPS])
+        later = step_times[WARMUP_STEPS:]
+        per_step = statistics.median(later) if later else None
+        time_to_target = None
+        if s.index is not None and s.step is not None:
+            time_to_target = _steady_time(settled_at[2], s.step, WARMUP_STEPS, warmup,
+                                          per_step)
+        peak, memory_kind = _peak_memory(self.device)
+        telemetry_summary = None
+        if telemetry is not None:
+            with contextlib.suppress(Exception):
+                telemetry_summary = plain(telemetry.summary())
+        n_train = int(task.n_train)
+        full = config.batch_size == "full" or int(config.batch_size) >= n_train
+        scalars = {"closure_evals": float(self.closure_evals), **scalars}
+        if config.lr_scaling != "none":
+            scalars["lr_scale"] = self.lr_scale
+        return RunRecord(
+            key=config.key(), config=config, status=status, error=error,
+            task_info=TaskFacts(name=info.name, kind=info.kind, description=info.description,
+                                target=float(info.target), target_metric=info.target_metric,
+                                n_train=n_train, options=plain(info.options),
+                                deterministic=bool(info.deterministic_with_full_batch and full)),
+            curve=curve, evals=evals, final=final,
+            steps_to_target=s.step, target_resolution=s.resolution,
+            first_crossing=s.first_crossing,
+            grad_evals_to_target=None if s.index is None else settled_at[0],
+            examples_to_target=None if s.index is None else settled_at[1],
+            time_to_target=time_to_target, reached=s.index is not None,
+            generalization_gap=_gap(final), steps_done=step, grad_evals=self.closure_evals,
+            examples=self.n_examples, train_seconds=self.train_time, warmup_seconds=warmup,
+            seconds_per_step=per_step, wall_seconds=time.perf_counter() - wall0,
+            peak_memory_bytes=peak, memory_kind=memory_kind,
+            state_bytes=state_bytes(self.optimizer), n_params=sum(p.numel() for p in
+                                                                  self.params),
+            param_bytes=int(sum(p.numel() * p.element_size() for p in self.params)),
+            trajectory=trajectory, lr=lr_curve,
+            series={k: v for k, v in series.items() if v["step"]}, scalars=scalars,
+            telemetry=telemetry_summary)

@@ -7,6 +7,12 @@ never holds one twice; re-running the study skips them. SQLite's write-ahead log
 (``optimlab report``) work while a study writes. Tables are prefixed ``optimlab_`` so that the
 same database can hold other tools' tables (Optuna's tuning studies).
 
+Records are typed (:class:`~optimlab.lab.schema.RunRecord`) and stored as JSON with their
+schema version; reading migrates older records (:meth:`RunRecord.from_dict`). The database
+itself carries a version (:data:`DB_VERSION`): a version-1 database (written before typed
+records) is brought to version 2 in place when opened, its records migrated as they are read; a
+database of a newer version than this optimlab knows is refused with a message saying so.
+
 The store is reached through :func:`open_store` and the small :class:`ResultStore` interface,
 so that a server database can be added behind a URL (``postgresql://...``) without touching
 the runner or the report.
@@ -21,7 +27,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["DEFAULT_URL", "ResultStore", "SQLiteStore", "StoreError", "open_store"]
+from .schema import RunRecord, SchemaError
+
+__all__ = ["DB_VERSION", "DEFAULT_URL", "ResultStore", "SQLiteStore", "StoreError",
+           "open_store"]
 
 #: Where results go unless told otherwise (relative to the working directory).
 DEFAULT_URL = "sqlite:///optimlab-results/results.db"
@@ -52,7 +61,9 @@ CREATE TABLE IF NOT EXISTS optimlab_meta (
     value TEXT NOT NULL
 );
 """
-_VERSION = "1"
+#: Version of the database layout and of what its rows mean. 1: untyped run records;
+#: 2: typed, versioned records (:class:`RunRecord`, with ``schema`` in each).
+DB_VERSION = 2
 
 
 class StoreError(RuntimeError):
@@ -72,10 +83,13 @@ class ResultStore(Protocol):
     def finished(self, keys: Iterable[str]) -> set[str]:
         """The subset of ``keys`` whose runs are stored."""
 
-    def put_run(self, record: Mapping[str, Any]) -> bool:
+    def put_run(self, record: RunRecord) -> bool:
         """Store a finished run; ``False`` (and nothing written) if its key is already there."""
 
-    def study_records(self, name: str) -> list[dict[str, Any]]:
+    def get_run(self, key: str) -> RunRecord | None:
+        """One stored run by key, or ``None``."""
+
+    def study_records(self, name: str) -> list[RunRecord]:
         """The stored runs of study ``name`` in the study's order, each with its ``label``."""
 
     def study_spec(self, name: str) -> dict[str, Any]:
@@ -100,19 +114,40 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-            row = self._db.execute(
-                "SELECT value FROM optimlab_meta WHERE name='version'").fetchone()
-            if row is None:
-                self._db.execute("INSERT OR IGNORE INTO optimlab_meta VALUES ('version', ?)",
-                                 (_VERSION,))
-            elif row[0] != _VERSION:
-                raise StoreError(f"{self.path}: results database version {row[0]}, this "
-                                 f"optimlab reads version {_VERSION}")
+            try:
+                self._check_version()
+            except StoreError:
+                self._db.close()
+                raise
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path} is not a usable results database ({e}); "
                              "point --store at another file") from None
         except OSError as e:
             raise StoreError(f"cannot open results database {self.path}: {e}") from None
+
+    def _check_version(self) -> None:
+        """Stamp a new database, migrate a version-1 one, refuse an unknown version."""
+        row = self._db.execute("SELECT value FROM optimlab_meta WHERE name='version'").fetchone()
+        if row is None:
+            self._db.execute("INSERT OR IGNORE INTO optimlab_meta VALUES ('version', ?)",
+                             (str(DB_VERSION),))
+            return
+        try:
+            version = int(row[0])
+        except ValueError:
+            version = -1
+        if version == DB_VERSION:
+            return
+        if version == 1:
+            # Same tables; version-1 records lack a "schema" field and are migrated on read
+            # (RunRecord.from_dict). Their keys hash the old key layout, so new studies,
+            # whose keys are version 2, run afresh instead of mixing old and new runs.
+            self._write([("UPDATE optimlab_meta SET value=? WHERE name='version'",
+                          (str(DB_VERSION),))])
+            return
+        raise StoreError(f"{self.path}: results database version {row[0]!r}; this optimlab "
+                         f"reads versions 1 to {DB_VERSION}. Upgrade optimlab, or point "
+                         "--store at another file")
 
     def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
         """Run ``statements`` in one immediate transaction; returns rows changed."""
@@ -150,36 +185,39 @@ class SQLiteStore:
                 f"SELECT key FROM optimlab_runs WHERE key IN ({marks})", chunk))
         return out
 
-    def put_run(self, record: Mapping[str, Any]) -> bool:
-        text = json.dumps(record)
-        config = json.dumps(record["config"], sort_keys=True)
+    def put_run(self, record: RunRecord) -> bool:
+        if not isinstance(record, RunRecord):
+            raise TypeError(f"put_run takes a RunRecord, got {type(record).__name__}")
+        d = record.to_dict()
+        d.pop("label", None)  # a record's arm belongs to a study, not to the run
+        text = json.dumps(d, allow_nan=False)
+        config = json.dumps(d["config"], sort_keys=True)
         return self._write([("INSERT OR IGNORE INTO optimlab_runs VALUES (?, ?, ?, ?, ?)",
-                             (record["key"], record["status"], config, text,
-                              time.time()))]) == 1
+                             (record.key, record.status, config, text, time.time()))]) == 1
 
-    def get_run(self, key: str) -> dict[str, Any] | None:
-        """One stored run by key, or ``None``."""
+    def get_run(self, key: str) -> RunRecord | None:
         row = self._db.execute("SELECT record FROM optimlab_runs WHERE key=?", (key,)).fetchone()
         return None if row is None else self._load(row[0], key)
 
-    def _load(self, text: str, key: str) -> dict[str, Any]:
+    def _load(self, text: str, key: str, label: str | None = None) -> RunRecord:
         try:
-            return json.loads(text)
+            d = json.loads(text)
         except json.JSONDecodeError as e:
             raise StoreError(f"{self.path}: run {key} is corrupt ({e})") from None
+        if isinstance(d, dict) and label is not None:
+            d["label"] = label
+        try:
+            return RunRecord.from_dict(d)
+        except SchemaError as e:
+            raise StoreError(f"{self.path}: run {key} cannot be read: {e}") from None
 
-    def study_records(self, name: str) -> list[dict[str, Any]]:
+    def study_records(self, name: str) -> list[RunRecord]:
         self.study_spec(name)  # raises for an unknown study
         rows = self._db.execute(
             "SELECT r.record, s.label, r.key FROM optimlab_study_runs s "
             "JOIN optimlab_runs r ON r.key = s.key WHERE s.study=? ORDER BY s.pos",
             (name,)).fetchall()
-        out = []
-        for text, label, key in rows:
-            record = self._load(text, key)
-            record["label"] = label
-            out.append(record)
-        return out
+        return [self._load(text, key, label) for text, label, key in rows]
 
     def study_spec(self, name: str) -> dict[str, Any]:
         row = self._db.execute("SELECT spec FROM optimlab_studies WHERE name=?", (name,)).fetchone()

@@ -3,9 +3,9 @@
 Built-in task modules register themselves when imported here.
 """
 
-from . import convex, functions2d, neural, presets, sequence
+from . import cifar, convex, functions2d, neural, sequence, textfile
 from .base import Batch, Task, TaskInfo
 from .registry import TASKS, UnknownTaskError, make_task, register
 
-__all__ = ["TASKS", "Batch", "Task", "TaskInfo", "UnknownTaskError", "convex", "functions2d",
-           "make_task", "neural", "presets", "register", "sequence"]
+__all__ = ["TASKS", "Batch", "Task", "TaskInfo", "UnknownTaskError", "cifar", "convex",
+           "functions2d", "make_task", "neural", "register", "sequence", "textfile"]

@@ -7,7 +7,9 @@ Every option check raises ``ValueError`` with a message naming the option, e.g.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -50,6 +52,14 @@ def check_min(name: str, value: Any, minimum: float = 0, *, strict: bool = False
         raise ValueError(f"option {name!r} must be {'>' if strict else '>='} {minimum}, "
                          f"got {value}")
     return value
+
+
+def check_path(name: str, value: Any) -> Path:
+    """``value`` (a non-empty ``str`` or ``os.PathLike``) as a user-expanded ``Path``."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ValueError(f"option {name!r} must be a local path (str or os.PathLike), "
+                         f"got {value!r}")
+    return Path(value).expanduser()
 
 
 def check_interval(name: str, value: Any, low: float, high: float, *,

@@ -35,6 +35,9 @@ class TaskInfo:
         target_metric: the metric the target refers to (``"train_loss"`` or
             ``"suboptimality"`` = f - f*).
         options: the options the task was built with (recorded with every run).
+        deterministic_with_full_batch: nothing but the order of the data depends on the seed
+            (fixed initialization, fixed data split, no noise), so full-batch runs of any two
+            seeds are identical: one seed says everything.
     """
 
     name: str
@@ -44,6 +47,7 @@ class TaskInfo:
     target: float
     target_metric: str = "train_loss"
     options: dict[str, Any] = field(default_factory=dict)
+    deterministic_with_full_batch: bool = False
 
 
 class Task(ABC):
@@ -85,6 +89,21 @@ class Task(ABC):
     def evaluate(self) -> dict[str, float]:
         """Metrics of the current parameters: ``train_loss`` always; ``val_loss``,
         ``test_loss``, ``val_accuracy``, ``suboptimality`` where they apply."""
+
+    def batch_examples(self, batch: Batch) -> int:
+        """How many training examples ``batch`` holds (for budgets and examples-to-target):
+        the length of its first tensor for ``(x, y)`` batches and tensors; ``n_train`` for
+        anything else."""
+        first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+        if isinstance(first, Tensor) and first.dim() > 0:
+            return int(first.shape[0])
+        return int(self.n_train)
+
+    def escaped(self) -> bool | None:
+        """Whether the current parameters have escaped the task's saddle point, for tasks built
+        around one (the task defines what escaping means); ``None`` for tasks without one.
+        Runs record the first step at which this turns true (``escape_step``)."""
+        return None
 
     def closure(self) -> Callable[[], Tensor]:
         """A closure for ``optimizer.step(closure)`` on the full objective."""

@@ -87,6 +87,8 @@ class Function2D:
         steps: a sensible default step budget.
         target: suboptimality f - f* that counts as solved.
         params: the function's own parameters (recorded in ``TaskInfo.options``).
+        saddle: for functions built around a saddle point, ``(point, direction)``: the saddle
+            and a unit vector along its unstable direction (``None``: no saddle to escape).
     """
 
     name: str
@@ -100,6 +102,7 @@ class Function2D:
     steps: int
     target: float = 1e-6
     params: tuple[tuple[str, float], ...] = ()
+    saddle: tuple[tuple[float, float], tuple[float, float]] | None = None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -219,7 +222,9 @@ def saddle_function() -> Function2D:
 
     Saddle point at the origin (Hessian diag(2, -2)); global minima f* = -1 at (0, ±sqrt(2)).
     Start (0.5, 1e-3): almost on the saddle's stable manifold, so gradient descent first heads to
-    the saddle and must then escape along y (noise helps).
+    the saddle and must then escape along y (noise helps). The task counts an iterate as having
+    escaped once ``|y| > max(10 |y_start|, 0.01)`` (0.01 from the default start; see
+    :meth:`Function2DTask.escaped`), and runs record the first such step as ``escape_step``.
     """
 
     def f(x: Tensor, y: Tensor) -> Tensor:
@@ -230,6 +235,7 @@ def saddle_function() -> Function2D:
         name="saddle", description="saddle: x^2 - y^2 + y^4/4, saddle at 0, minima (0, ±sqrt 2)",
         f=f, f_numpy=f, start=(0.5, 1e-3), minima=((0.0, r), (0.0, -r)),  # type: ignore[arg-type]
         f_star=-1.0, box=(-2.0, 2.0, -2.5, 2.5), steps=1000, target=1e-6,
+        saddle=((0.0, 0.0), (0.0, 1.0)),
     )
 
 
@@ -282,6 +288,11 @@ class Function2DTask(Task):
     """
 
     n_train = 1
+    #: Escaping a saddle: the component of ``p - saddle`` along the unstable direction exceeds
+    #: ``ESCAPE_FACTOR`` times its value at the start, and at least ``ESCAPE_MIN`` (a start on
+    #: the stable manifold has no component to multiply).
+    ESCAPE_FACTOR = 10.0
+    ESCAPE_MIN = 1e-2
 
     def __init__(self, function: Function2D, start: Any = None, noise: float = 0.0) -> None:
         self.function = function
@@ -293,7 +304,18 @@ class Function2DTask(Task):
             name=function.name, description=function.description + suffix, kind="2d",
             steps=function.steps, target=function.target, target_metric="suboptimality",
             options={"start": list(self.start), "noise": self.noise, **dict(function.params)},
+            deterministic_with_full_batch=self.noise == 0,
         )
+        self._escape_radius: float | None = None
+        if function.saddle is not None:
+            offset = abs(self._unstable(self.start))
+            self._escape_radius = max(self.ESCAPE_FACTOR * offset, self.ESCAPE_MIN)
+
+    def _unstable(self, p: Sequence[float]) -> float:
+        """The component of ``p - saddle`` along the saddle's unstable direction."""
+        assert self.function.saddle is not None
+        (sx, sy), (ux, uy) = self.function.saddle
+        return (float(p[0]) - sx) * ux + (float(p[1]) - sy) * uy
 
     def setup(self, seed: int = 0, device: torch.device | str = "cpu") -> None:
         # Nothing random: the seed only matters through the batches' generator (noise).
@@ -307,6 +329,16 @@ class Function2DTask(Task):
     def f(self, p: Tensor) -> Tensor:
         """The exact function at ``p`` (shape (2,))."""
         return self.function.f(p[0], p[1])
+
+    def batch_examples(self, batch: Batch) -> int:
+        return 1  # the one "example" is the function itself (a noise draw is not data)
+
+    def escaped(self) -> bool | None:
+        """``None`` without a saddle; else whether the unstable component of ``p - saddle`` has
+        grown beyond the escape radius (see :attr:`ESCAPE_FACTOR`)."""
+        if self._escape_radius is None:
+            return None
+        return abs(self._unstable(self.model.p.detach().tolist())) > self._escape_radius
 
     def batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
         # batch_size is irrelevant (n_train = 1): every batch is the whole "data set".
