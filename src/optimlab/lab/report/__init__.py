@@ -1,28 +1,27 @@
 """Study reports: a self-contained HTML page, a Markdown summary, CSV and JSON of the runs.
 
-:func:`write_report` turns the runner's records (one dict per run, see below) into
+:func:`write_report` turns a study's run records (:class:`~optimlab.lab.schema.RunRecord`, or
+their stored dicts, read with :meth:`RunRecord.from_dict`) into
 
 * ``index.html`` -- a static page that opens from disk (no server, no scripts, no external
   resources; every plot is an inline SVG drawn by matplotlib inside a
-  ``<figure class="plot" data-plot="...">``): an overview with the ranking across tasks and
-  AlgoPerf-style performance profiles, one section per task (loss curves against steps and
-  time, validation/test metrics, 2-D trajectories over contours, a table of final metrics),
-  learning-rate sensitivity, the batch-size trade-off, optimizer memory, the learning-rate
-  schedules, and the environment with every run's exact configuration;
+  ``<figure class="plot" data-plot="...">``). At the top, what the ranking means (work to the
+  settled target, ties, intervals over seeds); then the ranking across tasks with performance
+  profiles; each optimizer at its best configuration (held-out re-runs when the study made
+  them); one section per task (curves on log axes where values span decades, work to target
+  with intervals and ``tied`` marks, first crossings beside settled steps, 2-D trajectories
+  with step markers, the recorded series, a table that fits a laptop screen); sensitivity to
+  every swept setting with grid-edge warnings; the batch-size trade-off; optimizer memory;
+  learning-rate schedules; the environment, with the study's settings and every run's
+  settings collapsed. A section with nothing to show is left out;
 * ``summary.md`` -- the ranking and per-task tables in Markdown;
 * ``results.csv`` -- one row per run, final metrics flattened as ``final.<name>``;
-* ``results.json`` -- ``{"title", "study", "environment", "records"}``, strict JSON (NaN and
-  infinities written as ``null``).
+* ``results.json`` -- ``{"title", "study", "environment", "records", "arms"}``, strict JSON
+  (NaN and infinities written as ``null``): every record's exact configuration and
+  measurements, and each arm's statistics per task.
 
 :func:`summary_table` is the plain-text table for the terminal; :func:`aggregate`,
 :func:`ranking` and :func:`performance_profile` are the statistics behind both.
-
-A record (the runner's schema) holds ``key``, ``label`` (the arm), ``config`` (``task``,
-``task_options``, ``optimizer``, ``hyperparams``, ``schedule``, ``batch_size``, ``seed``, ...),
-``status`` (``ok``/``diverged``/``failed``), ``error``, ``task_info`` (``kind``, ``target``,
-``target_metric``, ``n_train``, ...), ``curve``, ``evals``, ``final``, ``steps_to_target``,
-``time_to_target``, ``generalization_gap``, timing and memory fields, ``trajectory`` (2-D
-tasks), ``lr``, ``telemetry`` and ``extra``. Missing fields are tolerated everywhere.
 """
 
 from __future__ import annotations
@@ -34,8 +33,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .curves import SweepLine, sweeps
-from .records import arm_of, config, final_of, json_safe, status_of, task_ids
+from ..schema import RunRecord, json_safe
+from .curves import SweepLine, sweeps, swept_settings
+from .records import arm_of, as_records, task_ids
 from .stats import (
     ArmStats,
     MeanStd,
@@ -47,6 +47,7 @@ from .stats import (
     performance_profile,
     performance_ratios,
     ranking,
+    ranking_definition,
 )
 from .text import markdown_summary, summary_table
 
@@ -64,15 +65,18 @@ __all__ = [
     "performance_profile",
     "performance_ratios",
     "ranking",
+    "ranking_definition",
     "results_csv_rows",
     "summary_table",
     "sweeps",
+    "swept_settings",
     "task_ids",
     "write_report",
 ]
 
-def html_report(records: Sequence[Mapping[str, Any]], *, title: str = "optimlab report",
-                study: Mapping[str, Any] | None = None,
+
+def html_report(records: Sequence[RunRecord | Mapping[str, Any]], *,
+                title: str = "optimlab report", study: Mapping[str, Any] | None = None,
                 environment: Mapping[str, Any] | None = None,
                 progress: Callable[[str], None] | None = None,
                 tuning: Sequence[Mapping[str, Any]] | None = None,
@@ -95,51 +99,72 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def results_csv_rows(records: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+def results_csv_rows(records: Sequence[RunRecord | Mapping[str, Any]]
+                     ) -> tuple[list[str], list[list[Any]]]:
     """Header and rows of ``results.csv``: one row per run (final metrics as ``final.<name>``,
-    extra metrics as ``extra.<name>``, hyperparameters and task options as JSON)."""
+    scalar measurements as ``scalar.<name>``, hyperparameters and task options as JSON)."""
+    recs = as_records(records)
     finals: list[str] = []
-    extras: list[str] = []
-    for r in records:
-        finals += [k for k in final_of(r) if k not in finals]
-        extra = r.get("extra") if isinstance(r.get("extra"), dict) else {}
-        extras += [k for k in extra if k not in extras]
+    scalars: list[str] = []
+    for r in recs:
+        finals += [k for k in r.final if k not in finals]
+        scalars += [k for k in r.scalars if k not in scalars]
     header = ["key", "task", "label", "optimizer", "seed", "batch_size", "schedule", "status",
-              *(f"final.{k}" for k in finals), "steps_to_target", "time_to_target",
+              *(f"final.{k}" for k in finals), "steps_to_target", "first_crossing",
+              "grad_evals_to_target", "examples_to_target", "time_to_target",
               "generalization_gap", "state_bytes", "n_params", "peak_memory_bytes",
-              "train_seconds", "hyperparams", *(f"extra.{k}" for k in extras), "steps_done",
-              "wall_seconds", "task_options", "error"]
+              "train_seconds", "warmup_seconds", "seconds_per_step", "hyperparams",
+              *(f"scalar.{k}" for k in scalars), "steps_done", "grad_evals", "wall_seconds",
+              "task_options", "clip_norm", "clip_value", "error"]
     rows = []
-    for r, tid in zip(records, task_ids(records)):
-        cfg = config(r)
-        extra = r.get("extra") if isinstance(r.get("extra"), dict) else {}
-        row = [r.get("key"), tid, arm_of(r), cfg.get("optimizer"), cfg.get("seed"),
-               cfg.get("batch_size"), cfg.get("schedule"), status_of(r),
-               *(final_of(r).get(k) for k in finals), r.get("steps_to_target"),
-               r.get("time_to_target"), r.get("generalization_gap"), r.get("state_bytes"),
-               r.get("n_params"), r.get("peak_memory_bytes"), r.get("train_seconds"),
-               json.dumps(json_safe(cfg.get("hyperparams") or {}), sort_keys=True),
-               *(extra.get(k) for k in extras), r.get("steps_done"), r.get("wall_seconds"),
-               json.dumps(json_safe(cfg.get("task_options") or {}), sort_keys=True),
-               r.get("error")]
+    for r, tid in zip(recs, task_ids(recs)):
+        cfg = r.config
+        row = [r.key, tid, arm_of(r), cfg.optimizer, cfg.seed, cfg.batch_size, cfg.schedule,
+               r.status, *(r.final.get(k) for k in finals), r.steps_to_target,
+               r.first_crossing, r.grad_evals_to_target, r.examples_to_target,
+               r.time_to_target, r.generalization_gap, r.state_bytes, r.n_params,
+               r.peak_memory_bytes, r.train_seconds, r.warmup_seconds, r.seconds_per_step,
+               json.dumps(json_safe(dict(cfg.hyperparams)), sort_keys=True),
+               *(r.scalars.get(k) for k in scalars), r.steps_done, r.grad_evals,
+               r.wall_seconds, json.dumps(json_safe(dict(cfg.task_options)), sort_keys=True),
+               cfg.clip_norm, cfg.clip_value, r.error]
         rows.append([_cell(v) for v in row])
     return header, rows
 
 
-def write_report(records: list[dict[str, Any]], out_dir: str | Path, *,
-                 title: str = "optimlab report", study: dict[str, Any] | None = None,
-                 environment: dict[str, Any] | None = None,
+def _arm_summary(s: ArmStats, heldout: bool) -> dict[str, Any]:
+    """One arm's statistics on one task, for ``results.json``."""
+    c = s.comparison_to_best
+    return {"task": s.task, "arm": s.arm, "optimizer": s.optimizer, "heldout": heldout,
+            "seeds": list(s.seeds), "deterministic": s.deterministic, "rank": s.rank,
+            "rank_time": s.rank_time, "rank_by": s.rank_by, "is_best": s.is_best,
+            "tied_with_best": s.tied_with_best,
+            "comparison_to_best": c.to_dict() if c is not None else None,
+            "work_to_target": s.work_to_target.to_dict(),
+            "steps_to_target": s.steps_to_target.to_dict(),
+            "first_crossing": s.first_crossing.to_dict(),
+            "time_to_target": s.time_to_target.to_dict(),
+            "examples_to_target": s.examples_to_target.to_dict(),
+            "final": {k: v.to_dict() for k, v in s.final_ci.items()},
+            "n_reached": s.n_reached, "n_runs": s.n_runs}
+
+
+def write_report(records: Sequence[RunRecord | Mapping[str, Any]], out_dir: str | Path, *,
+                 title: str = "optimlab report", study: Mapping[str, Any] | None = None,
+                 environment: Mapping[str, Any] | None = None,
                  progress: Callable[[str], None] | None = None,
-                 tuning: list[dict[str, Any]] | None = None,
+                 tuning: Sequence[Mapping[str, Any]] | None = None,
                  advice: Mapping[str, Any] | None = None) -> Path:
     """Write ``index.html`` (self-contained), ``summary.md``, ``results.csv`` and
     ``results.json`` into ``out_dir`` (created if needed); return the ``index.html`` path.
 
     Args:
-        records: one dict per run, as the runner writes them (see the module docstring).
+        records: the runs (:class:`RunRecord`, or stored dicts of any schema version).
         out_dir: the output folder.
         title: the page title (escaped like every user string).
-        study: the study description, shown as JSON in the environment section.
+        study: the study description (``StudySpec.to_dict()`` as stored): its ``name``,
+            ``rank_by`` (``"work"`` or ``"time"``) and ``heldout_choice`` are used; the whole
+            of it is written to ``results.json`` and shown as a collapsed table.
         environment: versions and machine facts (``{"python": "3.12.1", ...}``), a table.
         progress: called with a short message once per section (for a CLI progress line).
         tuning: trials of a tuning (:func:`optimlab.lab.tune.tuning_history`): adds a
@@ -148,26 +173,42 @@ def write_report(records: list[dict[str, Any]], out_dir: str | Path, *,
         advice: the advisor's answer as strings (``question``, ``header``, ``rows``,
             ``recommendation``, ``snippet``, ``notes``): an "Advice" section first, and an
             ``"advice"`` entry in ``results.json``.
+
+    Runs labelled ``"<optimizer> best"`` are held-out re-runs of that optimizer's best
+    configuration: ranked among themselves in the "best per optimizer" view, not in the
+    study's ranking (unless the study has no other arms).
     """
+    from .render import build_context, render_page
+
     say = progress or (lambda msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    page, _ = html_report(records, title=title, study=study, environment=environment,
-                          progress=say, tuning=tuning, advice=advice)
+    recs = as_records(records)
+    ctx = build_context(recs, study)
+    page, _ = render_page(ctx, title=title, environment=environment, progress=say,
+                          tuning=tuning, advice=advice)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     say("summary.md, results.csv, results.json")
-    stats = aggregate(records)
-    (out / "summary.md").write_text(markdown_summary(stats, title) if records
-                                    else f"# {title}\n\nNo runs.\n", encoding="utf-8")
-    header, rows = results_csv_rows(records)
+    summary = markdown_summary(ctx.stats, title) if ctx.stats else f"# {title}\n\nNo runs.\n"
+    if ctx.heldout:  # the best-per-optimizer view, one heading level down
+        held = markdown_summary(ctx.heldout, "Best configuration per optimizer, re-run on "
+                                "held-out seeds (ranked among themselves)")
+        summary += "\n" + "\n".join("#" + ln if ln.startswith("#") else ln
+                                     for ln in held.splitlines()) + "\n"
+    (out / "summary.md").write_text(summary, encoding="utf-8")
+    header, rows = results_csv_rows(recs)
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         writer.writerows(rows)
-    payload = {"title": title, "study": json_safe(study), "environment": json_safe(environment),
-               "records": json_safe(list(records))}
+    payload: dict[str, Any] = {
+        "title": title, "study": json_safe(study), "environment": json_safe(environment),
+        "ranking_definition": ranking_definition(ctx.rank_by),
+        "records": [r.to_dict() for r in recs],
+        "arms": json_safe([_arm_summary(s, False) for s in ctx.stats.values()]
+                          + [_arm_summary(s, True) for s in ctx.heldout.values()])}
     if tuning:
         payload["tuning"] = json_safe(list(tuning))
     if advice:
@@ -177,4 +218,3 @@ def write_report(records: list[dict[str, Any]], out_dir: str | Path, *,
         encoding="utf-8")
     say(f"report written in {time.perf_counter() - t0:.1f}s")
     return index
-

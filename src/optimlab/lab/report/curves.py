@@ -1,53 +1,89 @@
-"""Curves and sweeps: one run's metric series, the mean and band over seeds, and the groups
-of arms that differ only in the learning rate or the batch size."""
+"""Curves and sweeps: one run's metric or recorded series, the mean and band over seeds, and
+the groups of arms that differ only in one setting (any hyperparameter, the schedule, the
+batch size, clipping, lr scaling).
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .records import _short, canonical, info_of, json_safe, num
+from ..schema import RunRecord, json_safe
 from .stats import ArmStats, by_task
 
-__all__ = ["SweepLine", "mean_band", "run_series", "sweeps"]
+__all__ = [
+    "SETTINGS",
+    "SweepLine",
+    "mean_band",
+    "run_series",
+    "series_of",
+    "sweeps",
+    "swept_settings",
+    "trajectory_steps",
+]
 
 NAN = math.nan
+
+
+def _floats(values: Sequence[Any]) -> np.ndarray:
+    return np.asarray([NAN if v is None else float(v) for v in values], dtype=float)
 
 
 # ----------------------------------------------------------------------------- curves
 
 
-def run_series(rec: Mapping[str, Any], metric: str
+def run_series(rec: RunRecord, metric: str
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """``(steps, times, values)`` of ``metric`` for one run, or ``None`` when absent.
 
-    ``train_loss`` comes from the mini-batch ``curve`` (the evaluations when there is no
-    curve); every other metric from ``evals``. Missing times are NaN.
+    Every metric comes from the evaluations (``evals``: the values the target and the settled
+    step refer to); ``train_loss`` falls back to the mini-batch ``curve`` when the run did not
+    evaluate it. Missing times are NaN.
     """
-    sources = []
+    sources = [(rec.evals.get("step"), rec.evals.get("time"),
+                rec.evals.get("metrics", {}).get(metric))]
     if metric == "train_loss":
-        curve = rec.get("curve") if isinstance(rec.get("curve"), dict) else {}
-        sources.append((curve.get("step"), curve.get("time"), curve.get("train_loss")))
-    evals = rec.get("evals") if isinstance(rec.get("evals"), dict) else {}
-    metrics = evals.get("metrics") if isinstance(evals.get("metrics"), dict) else {}
-    sources.append((evals.get("step"), evals.get("time"), metrics.get(metric)))
+        sources.append((rec.curve.get("step"), rec.curve.get("time"),
+                        rec.curve.get("train_loss")))
     for steps, times, values in sources:
         if not steps or not values:
             continue
         n = min(len(steps), len(values))
-        s = np.asarray([num(v) for v in steps[:n]], dtype=float)
-        y = np.asarray([num(v) for v in values[:n]], dtype=float)
         t = np.full(n, NAN)
         if times:
-            tt = np.asarray([num(v) for v in times[:n]], dtype=float)
+            tt = _floats(times[:n])
             t[:len(tt)] = tt
-        if n:
-            return s, t, y
+        return _floats(steps[:n]), t, _floats(values[:n])
     return None
+
+
+def series_of(rec: RunRecord, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(steps, values)`` of the recorded series ``name`` (``rec.series``), or ``None``."""
+    s = rec.series.get(name)
+    if not s or not s.get("step") or not s.get("value"):
+        return None
+    n = min(len(s["step"]), len(s["value"]))
+    return _floats(s["step"][:n]), _floats(s["value"][:n])
+
+
+def trajectory_steps(rec: RunRecord) -> np.ndarray | None:
+    """The step after which each point of ``rec.trajectory`` was recorded, or ``None``.
+
+    The runner records the start (step 0) and then every ``k``-th step with
+    ``k = ceil(config.steps / 2000)`` plus the last step
+    (:func:`optimlab.lab.runs.execute`), so point ``i`` is step ``min(i * k, steps_done)``.
+    """
+    if not rec.trajectory:
+        return None
+    planned = rec.config.steps or rec.steps_done
+    k = max(1, math.ceil(planned / 2000)) if planned else 1
+    steps = np.arange(len(rec.trajectory), dtype=float) * k
+    return np.minimum(steps, max(rec.steps_done, 0))
 
 
 def mean_band(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], n_grid: int = 200
@@ -94,27 +130,179 @@ def mean_band(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], n_grid: int = 
 
 # ----------------------------------------------------------------------------- sweeps
 
+#: Config fields (besides every hyperparameter) whose sweeps get a sensitivity view.
+SETTINGS = ("schedule", "batch_size", "clip_norm", "clip_value", "lr_scaling",
+            "base_batch_size")
+#: Short names used in line names and axis labels.
+_SHORT = {"batch_size": "batch size", "clip_norm": "clip norm", "clip_value": "clip value",
+          "lr_scaling": "lr scaling", "base_batch_size": "base batch size",
+          "lr": "learning rate", "weight_decay": "weight decay"}
+
+
+def _value(s: ArmStats, setting: str) -> Any:
+    """The arm's value of ``setting`` (``"lr"``, another hyperparameter or a config field);
+    a missing hyperparameter reads as ``None``."""
+    cfg = s.records[0].config
+    if setting in SETTINGS:
+        return getattr(cfg, setting)
+    return cfg.hyperparams.get(setting)
+
+
+def _rest(s: ArmStats, setting: str) -> dict[str, Any]:
+    """The arm's config without its seed and without ``setting``."""
+    d = json_safe(s.records[0].config.to_dict())
+    d.pop("seed", None)
+    for budget in ("steps", "seconds"):  # derived budgets differ with the batch size
+        if setting == "batch_size":
+            d.pop(budget, None)
+    if setting in SETTINGS:
+        d.pop(setting, None)
+    else:
+        hp = dict(d.get("hyperparams") or {})
+        hp.pop(setting, None)
+        d["hyperparams"] = hp
+    return d
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(json_safe(obj), sort_keys=True, separators=(",", ":"))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_text(v) for v in value) + ")"
+    return str(value)
+
 
 @dataclass
 class SweepLine:
-    """Arms of one task that differ only in one setting (``lr`` or ``batch_size``).
+    """Arms of one task that differ only in one setting.
 
     Attributes:
         task: task id.
         optimizer: the arms' optimizer.
+        setting: the swept setting (``"lr"``, ``"weight_decay"``, ``"betas"``,
+            ``"schedule"``, ``"batch_size"``, ...).
         name: the line's legend text (the optimizer, plus what distinguishes it from other
             lines of the same optimizer on this task).
-        xs: the swept values (``batch_size="full"`` as the task's ``n_train``), increasing.
+        xs: the swept values as positions on the x axis, increasing (``batch_size="full"``
+            as the task's ``n_train``; categories as 0, 1, 2, ...; ``1 - value`` for
+            momentum-like values near 1, see ``scale``).
         xlabels: the swept values as text (``"full"`` kept).
         arms: the arms' statistics, aligned with ``xs``.
+        scale: ``"log"``, ``"linear"`` or ``"category"``.
+        axis: the x axis label.
+        values: the swept values as given, aligned with ``xs``.
     """
 
     task: str
     optimizer: str
+    setting: str
     name: str
     xs: list[float]
     xlabels: list[str]
     arms: list[ArmStats]
+    scale: str = "log"
+    axis: str = ""
+    values: list[Any] = field(default_factory=list)
+
+    @property
+    def numeric(self) -> bool:
+        """Whether the swept values are numbers (so the grid has edges)."""
+        return self.scale != "category"
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def _axis(setting: str, values: list[Any], n_train: float) -> tuple[list[float], str, str,
+                                                                     list[str]]:
+    """Positions, scale and axis label of swept ``values`` (see :class:`SweepLine`)."""
+    name = _SHORT.get(setting, setting)
+    labels = [_text(v) for v in values]
+    if setting == "batch_size":
+        xs = [n_train if v == "full" else _number(v) for v in values]
+        if all(x is not None and x > 0 for x in xs):
+            return [float(x) for x in xs], "log", name, labels
+    nums = [_number(v) for v in values]
+    if all(x is not None for x in nums):
+        xs = [float(x) for x in nums]  # type: ignore[arg-type]
+        if min(xs) > 0 and max(xs) / min(xs) >= 10:
+            return xs, "log", name, labels
+        if min(xs) >= 0.5 and max(xs) < 1 and (1 - min(xs)) / (1 - max(xs)) >= 10:
+            return [1 - x for x in xs], "log", f"{name} (axis: 1 − {name}, log)", labels
+        return xs, "linear", name, labels
+    if all(isinstance(v, (list, tuple)) for v in values) and len({len(v) for v in values}) == 1:
+        varying = [i for i in range(len(values[0])) if len({_text(v[i]) for v in values}) > 1]
+        if len(varying) == 1:  # e.g. betas with only beta1 swept
+            i = varying[0]
+            xs, scale, label, _ = _axis(f"{setting}[{i}]", [v[i] for v in values], n_train)
+            return xs, scale, label, labels
+    return [float(i) for i in range(len(values))], "category", name, labels
+
+
+def swept_settings(stats: Mapping[tuple[str, str], ArmStats]) -> dict[str, list[str]]:
+    """Per task, the settings (hyperparameter names and :data:`SETTINGS`) that some arms of
+    one optimizer differ in alone, ``lr`` first."""
+    out: dict[str, list[str]] = {}
+    for task, arms in by_task(stats).items():
+        names: list[str] = []
+        for s in arms:
+            names += [k for k in s.records[0].config.hyperparams if k not in names]
+        found = [n for n in [*sorted(names, key=lambda k: (k != "lr", k)), *SETTINGS]
+                 if _lines(task, arms, n)]
+        if found:
+            out[task] = found
+    return out
+
+
+def _lines(task: str, arms: Sequence[ArmStats], setting: str) -> list[SweepLine]:
+    groups: dict[str, list[tuple[str, Any, ArmStats]]] = {}
+    rest: dict[str, dict[str, Any]] = {}
+    for s in arms:
+        value = _value(s, setting)
+        if value is None and setting not in SETTINGS:
+            continue
+        r = _rest(s, setting)
+        key = _canonical(r)
+        rest[key] = r
+        members = groups.setdefault(key, [])
+        text = _canonical(value)
+        if all(text != m[0] for m in members):
+            members.append((text, value, s))
+    n_train = float(next((s.records[0].task_info.n_train for s in arms), 1))
+    swept = {k: m for k, m in groups.items() if len(m) >= 2}
+    # one x axis for every line of this setting on the task (scale chosen on all values)
+    every = list({m[0]: m[1] for ms in swept.values() for m in ms}.items())
+    if not every:
+        return []
+    all_xs, scale, axis, all_labels = _axis(setting, [v for _, v in every], n_train)
+    if scale == "category":  # categories in alphabetical order, shared positions
+        names = sorted(set(all_labels))
+        all_xs = [float(names.index(lb)) for lb in all_labels]
+    position = {text: (x, lb) for (text, _), x, lb in zip(every, all_xs, all_labels)}
+    lines = []
+    for key, members in swept.items():
+        order = sorted(range(len(members)), key=lambda i: position[members[i][0]][0])
+        line = SweepLine(task, str(rest[key].get("optimizer", "?")), setting, "",
+                         [position[members[i][0]][0] for i in order],
+                         [position[members[i][0]][1] for i in order],
+                         [members[i][2] for i in order], scale, axis,
+                         [members[i][1] for i in order])
+        lines.append((key, line))
+    for key, line in lines:  # name a line by what sets it apart from its optimizer's others
+        same = [_flatten(rest[k]) for k, other in lines if other.optimizer == line.optimizer]
+        mine = _flatten(rest[key])
+        keys = sorted({k for f in same for k in f})
+        differs = [k for k in keys if len({_canonical(f.get(k)) for f in same}) > 1]
+        desc = " ".join(f"{k.rsplit('.', 1)[-1]}={_text(mine.get(k))}" for k in differs)
+        line.name = f"{line.optimizer} {desc}".strip()
+    return [line for _, line in lines]
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -127,67 +315,13 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _sweep_x(s: ArmStats, vary: str) -> tuple[float, str] | None:
-    cfg = s.config
-    if vary == "lr":
-        hp = cfg.get("hyperparams") if isinstance(cfg.get("hyperparams"), dict) else {}
-        x = num(hp.get("lr"))
-        return (x, f"{x:g}") if math.isfinite(x) and x > 0 else None
-    bs = cfg.get("batch_size")
-    if bs == "full" or bs is None:
-        n = num(next((info_of(r).get("n_train") for r in s.records
-                      if info_of(r).get("n_train") is not None), None))
-        return (n, "full") if math.isfinite(n) and n > 0 else None
-    x = num(bs)
-    return (x, f"{x:g}") if math.isfinite(x) and x > 0 else None
-
-
-def _without(cfg: Mapping[str, Any], vary: str) -> dict[str, Any]:
-    cfg = json_safe(cfg)
-    cfg.pop("seed", None)
-    if vary == "lr":
-        hp = dict(cfg.get("hyperparams") or {})
-        hp.pop("lr", None)
-        cfg["hyperparams"] = hp
-    else:
-        cfg.pop("batch_size", None)
-    return cfg
-
-
 def sweeps(stats: Mapping[tuple[str, str], ArmStats], vary: str) -> dict[str, list[SweepLine]]:
-    """Per task, the groups of arms that differ only in ``vary`` (``"lr"`` =
-    ``config.hyperparams.lr``, or ``"batch_size"``) and take at least two distinct values."""
-    if vary not in ("lr", "batch_size"):
-        raise ValueError(f"vary must be 'lr' or 'batch_size', got {vary!r}")
+    """Per task, the groups of arms of one optimizer that differ only in ``vary`` (a
+    hyperparameter name such as ``"lr"`` or ``"weight_decay"``, or one of :data:`SETTINGS`)
+    and take at least two distinct values; a line's arms are ordered along the x axis."""
     out: dict[str, list[SweepLine]] = {}
     for task, arms in by_task(stats).items():
-        groups: dict[str, list[tuple[float, str, ArmStats]]] = {}
-        rest: dict[str, dict[str, Any]] = {}
-        for s in arms:
-            x = _sweep_x(s, vary)
-            if x is None:
-                continue
-            rest_cfg = _without(s.config, vary)
-            key = canonical(rest_cfg)
-            rest[key] = rest_cfg
-            if all(x[0] != other[0] for other in groups.get(key, [])):
-                groups.setdefault(key, []).append((x[0], x[1], s))
-        lines = []
-        for key, members in groups.items():
-            if len(members) < 2:
-                continue
-            members.sort(key=lambda m: m[0])
-            lines.append((key, SweepLine(task, str(rest[key].get("optimizer", "?")), "",
-                                         [m[0] for m in members], [m[1] for m in members],
-                                         [m[2] for m in members])))
-        for key, line in lines:
-            same = [rest[k] for k, other in lines if other.optimizer == line.optimizer]
-            flat = [_flatten(c) for c in same]
-            mine = _flatten(rest[key])
-            keys = sorted({k for f in flat for k in f})
-            differs = [k for k in keys if len({canonical(f.get(k)) for f in flat}) > 1]
-            desc = " ".join(f"{k.rsplit('.', 1)[-1]}={_short(mine.get(k))}" for k in differs)
-            line.name = f"{line.optimizer} {desc}".strip()
+        lines = _lines(task, arms, vary)
         if lines:
-            out[task] = [line for _, line in lines]
+            out[task] = lines
     return out

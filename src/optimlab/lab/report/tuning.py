@@ -8,7 +8,6 @@ Its input is :func:`optimlab.lab.tune.tuning_history`'s list of trials (dicts wi
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,7 +17,8 @@ from matplotlib.transforms import blended_transform_factory
 
 from .page import ArmCell, Markup, PageBuilder, esc, swatch
 from .plots import MAX_LEGEND, Style, _figure, _legend, _set_log, mpl_text, styles_for, svg_of
-from .records import json_safe, num
+from .records import num
+from .tasks import config_text
 from .text import fmt
 
 __all__ = ["tuning_section"]
@@ -235,35 +235,38 @@ def tuning_section(page: PageBuilder, trials: Sequence[Mapping[str, Any]],
     """The "Tuning" section (figures ``tune-history`` and ``tune-lr`` per task, and a table of
     the best configurations). ``styles``: the report's arm styles, reused when every tuned
     optimizer has one (its re-run arms are labelled by the optimizer's name)."""
-    page.heading(2, "tuning", "Tuning")
     rows = [t for t in trials if isinstance(t, Mapping)]
     by_task: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
     for t in rows:
         by_task.setdefault(str(t.get("task", "?")), {}).setdefault(
             str(t.get("optimizer", "?")), []).append(t)
-    if not by_task:
-        page.para("No tuning trials.")
-        return
+    if not any(_counted(ts) for per in by_task.values() for ts in per.values()):
+        return  # nothing finished: no section
+    page.heading(2, "tuning", "Tuning")
     opts = list(dict.fromkeys(o for per in by_task.values() for o in per))
-    if not styles or not all(o in styles for o in opts):
-        styles = styles_for(opts)
+    # the re-run arms are labelled "<optimizer> best" (or the optimizer's name): reuse their
+    # colours so that the tuning plots match the sections above
+    mapped = {o: (styles or {}).get(o + " best") or (styles or {}).get(o) for o in opts}
+    styles = ({o: st for o, st in mapped.items() if st is not None}
+              if all(mapped.values()) and len(set(mapped.values())) == len(opts)
+              else styles_for(opts))
     interrupted = sum(1 for t in rows if t.get("status") == "interrupted")
     page.para(
         "Each optimizer was tuned by Optuna (TPE sampler, median pruner) with the same number "
         "of trials of the same length; each trial is one run from the same seed. The objective "
-        "is the final value of the metric named on the y axis (minimized); a diverged run "
+        "is named on the y axis (minimized); a diverged run "
         "counts as the worst value, a pruned one was stopped early because it was worse than "
         "the median of earlier trials at the same step. The best configurations were re-run "
-        "with held-out seeds: the sections above show those runs (mean ± std)."
+        "with held-out seeds: the sections above show those runs (with 95% intervals over "
+        "seeds)."
         + (f" {interrupted} trial(s) interrupted by a killed process were re-run and are not "
            "shown." if interrupted else ""))
     for i, (task, per_opt) in enumerate(by_task.items()):
         counted = {o: _counted(ts) for o, ts in per_opt.items()}
         counted = {o: ts for o, ts in counted.items() if ts}
-        page.heading(3, f"tune-task-{i + 1}", task)
-        if not counted:
-            page.para("No finished trial yet.")
+        if not counted:  # no finished trial on this task yet
             continue
+        page.heading(3, f"tune-task-{i + 1}", task)
         objective = next((str(t.get("objective")) for ts in counted.values() for t in ts
                           if t.get("objective")), "objective")
         figs = [page.figure("tune-history", history_figure(counted, styles, objective), (
@@ -291,8 +294,7 @@ def tuning_section(page: PageBuilder, trials: Sequence[Mapping[str, Any]],
                 str(int(num(best.get("index"))) + 1) if best else "-",
                 fmt(_lr(best)) if best else "-",
                 _status_cell(ts),
-                Markup("<code>" + esc(json.dumps(_short(json_safe(hyper)), sort_keys=True))
-                       + "</code>") if best else "-"])
+                config_text(_short(dict(sorted(hyper.items())))) if best else "-"])
             classes.append("" if best else "diverged")
         page.table(["optimizer", f"best {objective}", "best trial", "lr", "trials",
                     "best hyperparameters"], table, numeric=[1, 2, 3], row_classes=classes)
