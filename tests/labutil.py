@@ -7,11 +7,15 @@ from typing import Any
 import torch
 
 #: Record fields that measure wall-clock time or memory, which differ between equal runs.
-TIMING = {"train_seconds", "wall_seconds", "time_to_target", "peak_memory_bytes"}
+TIMING = {"train_seconds", "wall_seconds", "time_to_target", "peak_memory_bytes",
+          "warmup_seconds", "seconds_per_step"}
 
 
-def stable(record: dict) -> dict:
-    """A run record without its wall-clock and memory measurements."""
+def stable(record: Any) -> dict:
+    """A run record (a RunRecord or its dict) without its wall-clock and memory
+    measurements."""
+    if not isinstance(record, dict):
+        record = record.to_dict()
     out = {k: v for k, v in record.items() if k not in TIMING}
     out["curve"] = {k: v for k, v in record["curve"].items() if k != "time"}
     out["evals"] = {k: v for k, v in record["evals"].items() if k != "time"}

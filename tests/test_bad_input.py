@@ -408,3 +408,48 @@ def test_message_states_the_allowed_range() -> None:
         ol.Adam(params(), eps=0.0)
     with pytest.raises(ValueError, match=r"rho must be in \[0, 1\], got 1\.5"):
         ol.Adadelta(params(), rho=1.5)
+
+
+# ----- the lab's settings -------------------------------------------------------------------------
+@pytest.mark.parametrize("check,value,match", [
+    ("positive_int", 0, r"^steps must be a positive integer, got 0$"),
+    ("positive_int", 2.0, "steps must be a positive integer"),
+    ("positive_int", True, "steps must be a positive integer"),
+    ("non_negative_int", -1, "steps must be a non-negative integer"),
+    ("positive_float", math.nan, "steps must be a positive finite number"),
+    ("positive_float", "1", "steps must be a positive finite number"),
+    ("batch_size", "half", "steps must be 'full' or a positive integer"),
+    ("seeds", 1.5, "steps must be a count >= 1 or a list"),
+    ("names", [], "steps is an empty list"),
+    ("names", ["a", "a"], "steps has duplicate names"),
+    ("boolean", "yes", "steps must be true or false"),
+])
+def test_lab_validators_name_the_field(check: str, value: Any, match: str) -> None:
+    from optimlab.lab import validate
+
+    with pytest.raises(validate.ValidationError, match=match) as e:
+        getattr(validate, check)("steps", value)
+    assert e.value.field.startswith("steps") and isinstance(e.value, ValueError)
+
+
+@pytest.mark.parametrize("study,field", [
+    ({"tasks": 3, "optimizers": ["sgd"]}, "tasks"),
+    ({"tasks": ["quadratic"], "optimizers": "sgd,", "seeds": 2.5}, "seeds"),
+    ({"tasks": ["quadratic"], "optimizers": ["sgd"], "hyperparams": ["lr", 1]}, "hyperparams"),
+    ({"tasks": ["quadratic"], "optimizers": ["sgd"], "hyperparams": {"sgd": 0.1}},
+     "hyperparams.sgd"),
+    ({"tasks": ["quadratic"], "optimizers": ["sgd"], "task": ["quadratic"]}, "task"),
+    ({"tasks": ["quadratic"], "optimizers": ["sgd"], "task": {"quadratic": 5}},
+     "task.quadratic"),
+    ({"tasks": ["quadratic"], "optimizers": ["sgd"], "name": ""}, "name"),
+    ({"tasks": ["quadratic"], "optimizers": ["sgd"], "description": 3}, "description"),
+    ({"tasks": ["quadratic"], "optimizers": ["sgd"], "eval_every": -2}, "eval_every"),
+    ({"tasks": ["quadratic"], "optimizers": ["sgd"], "seconds": math.inf}, "seconds"),
+])
+def test_malformed_study_fields_name_the_field(study: dict[str, Any], field: str) -> None:
+    from optimlab.lab.spec import StudyError, StudySpec
+
+    with pytest.raises(StudyError) as e:
+        StudySpec.from_mapping(study, source="my.toml")
+    message = str(e.value)
+    assert message.startswith(f"my.toml: {field}") and "\n" not in message, message

@@ -37,6 +37,35 @@ def test_every_command_has_help_with_examples(command: str) -> None:
     assert "examples:" in r.stdout and f"optimlab {command}" in r.stdout
 
 
+def test_help_says_what_the_ranking_means() -> None:
+    r = _cli("compare", "--help")
+    assert "ranking:" in r.stdout and "gradient evaluations" in r.stdout
+    assert "settles" in r.stdout and "tied" in r.stdout and "--rank-by" in r.stdout
+    for flag in ("--clip", "--clip-value", "--examples", "--epochs", "--lr-scaling",
+                 "--base-batch-size", "--heldout-seeds"):
+        assert flag in r.stdout
+    assert "at least 8" in _cli("tune", "--help").stdout
+
+
+def test_clipping_from_the_command_line_is_in_the_run_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from optimlab.lab.store import open_store
+
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    common = ["compare", "--tasks", "gru-charlm", "--optimizers", "sgd", "--lr", "5",
+              "--steps", "3", "--seeds", "1", "--no-report", "--workers", "1",
+              "--store", db]
+    assert main([*common, "--clip", "1.0", "--name", "clipped"]) == 0
+    assert main([*common, "--name", "plain"]) == 0
+    with open_store(db) as store:
+        (clipped,) = store.study_records("clipped")
+        (plain,) = store.study_records("plain")
+    assert clipped.config.clip_norm == 1.0 and plain.config.clip_norm is None
+    assert clipped.config.key_fields()["clip_norm"] == 1.0
+    assert clipped.key == clipped.config.key() != plain.key
+    capsys.readouterr()
+
+
 def test_list_shows_tasks_optimizers_and_schedules(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
@@ -63,10 +92,17 @@ def test_list_shows_tasks_optimizers_and_schedules(capsys: pytest.CaptureFixture
     (["lr-find", "--task", "quadratic", "--rule", "guess"], "rule"),
     (["advise", "--task", "quadratic", "--budget", "0"], "budget must be a positive"),
     (["advise", "--task", "quadratic", "--optimizers", "sgd,adma"], "unknown optimizer 'adma'"),
-    (["advise", "--task", "quadratic", "--optimizers", "sgd", "--budget", "0.01"],
-     "too small"),
+    (["advise", "--task", "quadratic", "--seeds", "0"], "seeds must be a positive integer"),
+    (["compare", "--tasks", "quadratic", "--optimizers", "sgd", "--steps", "10", "--epochs",
+      "1"], "epochs cannot be combined with steps"),
+    (["compare", "--tasks", "quadratic", "--optimizers", "sgd", "--clip", "-1"], "clip_norm"),
+    (["compare", "--tasks", "quadratic", "--optimizers", "sgd", "--heldout-seeds", "-1"],
+     "heldout_seeds"),
+    (["run", "--task", "quadratic", "--optimizer", "sgd", "--clip-value", "0"], "clip_value"),
     (["advise"], "advise needs --task"),
     (["tune", "--tasks", "quadratic", "--optimizers", "sgd", "--trials", "0"], "trials"),
+    (["tune", "--tasks", "quadratic", "--optimizers", "sgd", "--trials", "3"],
+     "trials must be >= 8"),
     (["tune", "--tasks", "quadratic", "--optimizers", "adma"], "unknown optimizer 'adma'"),
     (["report", "--store", "postgresql://x/y"], "unsupported results-store URL"),
 ])
@@ -96,6 +132,7 @@ def test_bad_input_is_one_clear_error_line(tmp_path: Path, args: list[str], need
     ["lr-find", "--steps"],
     ["tune", "--tasks", "quadratic"],
     ["advise", "--space", "everything"],           # not one of the choices
+    ["compare", "--rank-by", "luck"],
     ["report", "--study"],
     ["list", "nothing"],
 ])
@@ -179,6 +216,7 @@ def test_run_then_report(tmp_path: Path) -> None:
              "--batch-size", "full", "--steps", "300", "--name", "one", "--store", db)
     assert r.returncode == 0, r.stderr
     assert "nesterov on quadratic" in r.stdout and "reached suboptimality" in r.stdout
+    assert "settled from step" in r.stdout
     listing = _cli("report", "--store", db)
     assert "one" in listing.stdout and "1/1 runs finished" in listing.stdout
 
@@ -233,14 +271,14 @@ def test_lr_find_writes_its_plot(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_tune_then_report_shows_the_tuning(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'r.db'}"
-    r = _cli("tune", "--tasks", "quadratic", "--optimizers", "sgd,adam", "--trials", "4",
+    r = _cli("tune", "--tasks", "quadratic", "--optimizers", "sgd,adam", "--trials", "8",
              "--steps", "100", "--batch-size", "full", "--workers", "1", "--name", "tq",
              "--store", db, "--out", str(tmp_path / "rep"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "tuning 'tq'" in r.stdout and "quadratic" in r.stdout
     html = (tmp_path / "rep" / "index.html").read_text()
     assert 'data-plot="tune-history"' in html
-    again = _cli("tune", "--tasks", "quadratic", "--optimizers", "sgd,adam", "--trials", "4",
+    again = _cli("tune", "--tasks", "quadratic", "--optimizers", "sgd,adam", "--trials", "8",
                  "--steps", "100", "--batch-size", "full", "--workers", "1", "--name", "tq",
                  "--store", db, "--no-report", cwd=tmp_path)
-    assert again.returncode == 0 and "8 of 8 trials already stored" in again.stderr
+    assert again.returncode == 0 and "16 of 16 trials already stored" in again.stderr

@@ -20,9 +20,22 @@ from . import __version__
 
 __all__ = ["main"]
 
+#: What the rankings mean (shown by --help; the same definition heads every report).
+RANKING = """ranking:
+  Arms are ranked on each task by the WORK to reach the task's target and stay there:
+  gradient evaluations (= steps for optimizers that evaluate the gradient once per step)
+  until the run settles at or below the target for the rest of the run, mean over seeds
+  with a 95% interval (a seed that never settles counts as the whole budget); arms that
+  never settle on most seeds follow, by their final target metric. Arms whose difference
+  from the best is within seed noise (the 95% interval of the paired difference contains 0,
+  or it is within the evaluation grid's resolution) are marked "tied". Wall-clock time is
+  reported with the warm-up excluded, and ranks only with --rank-by time (ties within the
+  measured timing noise). Deterministic runs (full batch on a task the seed does not change)
+  run one seed."""
+
 EXAMPLES = {
     "main": """examples:
-  optimlab compare                      # the default comparison (about 70 s on 2 cores)
+  optimlab compare                      # the default comparison (about 40 s on 2 cores)
   optimlab list                         # tasks, optimizers, schedules
   optimlab run --task rosenbrock --optimizer adam --lr 0.05
   optimlab compare --tasks mlp-digits --optimizers sgd,adam --batch-size full,1,32
@@ -39,8 +52,16 @@ EXAMPLES = {
   optimlab compare --tasks quadratic --optimizers sgd,momentum --lr 1e-3,1e-2,1e-1
   optimlab compare --study my-study.toml --workers 8
   optimlab compare --tasks mlp-digits --optimizers adam --store sqlite:///runs/all.db
+  optimlab compare --tasks gru-charlm --optimizers sgd --lr 5 --clip 1.0
+  optimlab compare --tasks mlp-digits --optimizers sgd --batch-size 8,32,128 --epochs 2 \\
+      --lr 0.05 --lr-scaling linear --base-batch-size 32
+  optimlab compare --study default.toml --seeds 5        # a study file, some settings changed
 
-A study is resumable: run the same command again and finished runs are skipped.""",
+A study is resumable: run the same command again and finished runs are skipped. When the
+study sweeps a hyperparameter, each optimizer's best arm per task is re-run on fresh
+(held-out) seeds as "<optimizer> best" (--heldout-seeds; 0 turns it off).
+
+""" + RANKING,
     "report": """examples:
   optimlab report                          # list the studies in the store
   optimlab report --study default          # write its report to optimlab-results/default/
@@ -58,13 +79,23 @@ min_loss_div10 rule). The test stops when the loss diverges.""",
   optimlab tune --tasks logreg-breast-cancer --optimizers adam,adamw --space full --trials 30
   optimlab tune --tasks quadratic --optimizers sgd,adam --trials 10 --storage postgresql://...
 
-Every optimizer gets the same number of trials of the same length (an equal budget); the best
-configuration of each is re-run on --seeds held-out seeds and reported with mean ± std.
-Running the same command again resumes the tuning.""",
+Every optimizer gets the same number of trials of the same length (an equal budget, at least
+8 trials: the first 8 cover the search range evenly); trials minimize the ranking objective
+(work to target, then the final target metric), so that tuning selects what the ranking
+rewards. The best configuration of each optimizer is re-run on --seeds held-out seeds as
+"<optimizer> best". Running the same command again resumes the tuning.""",
     "advise": """examples:
   optimlab advise --task mlp-digits --budget 5
   optimlab advise --task mypkg.tasks:make_task --budget 30 --optimizers sgd,adam,adamw
-  optimlab advise --no-compute              # rules from the lab's recorded results""",
+  optimlab advise --no-compute              # rules from the lab's recorded results
+  optimlab advise --distill default --evidence-out evidence.json   # evidence of a study
+
+Every candidate gets the same tuning budget, never fewer than 8 trials: a --budget too small
+for that is raised, with a warning. The re-runs are ranked by work to target; when the best
+cannot be told from others within seed noise, the advice says "no clear winner".
+The packaged evidence (--no-compute without a store of your own) is regenerated with:
+  optimlab compare --no-report && optimlab advise --distill default \\
+      --evidence-out src/optimlab/lab/studies/evidence.json""",
     "list": """examples:
   optimlab list
   optimlab list tasks""",
@@ -180,26 +211,31 @@ def _store(url: str | None) -> Any:
     return open_store(url)
 
 
-def _execute_study(spec: dict[str, Any], store: Any, workers: int | None) -> Any:
+def _execute_study(spec: Any, store: Any, workers: int | None) -> Any:
     from .lab.progress import Progress
-    from .lab.study import InlineExecutor, ProcessExecutor, plan, run_study
+    from .lab.study import InlineExecutor, ProcessExecutor, count_runs, plan, plan_notes, run_study
 
-    total = len({r.key for r in plan(spec)})
-    done = len(store.finished({r.key for r in plan(spec)}))
+    runs = plan(spec)
+    total = count_runs(spec)
+    done = len(store.finished({r.key for r in runs}))
     bar = Progress(total, "runs", start=done)
+    name = spec.resolved_name
     if done:
-        bar.message(f"resuming study {spec['name']!r}: {done} of {total} runs already stored")
+        bar.message(f"resuming study {name!r}: {done} of {total} runs already stored")
     else:
-        bar.message(f"study {spec['name']!r}: {total} runs")
+        bar.message(f"study {name!r}: {total} runs")
+    for note in plan_notes(spec, runs):
+        bar.message(f"note: {note}")
 
-    def progress(count: int, total: int, record: dict[str, Any]) -> None:
-        c = record["config"]
-        bar.update(count, f"{record['label']} on {c['task']} seed {c['seed']}: "
-                          f"{record['status']}")
+    def progress(count: int, total: int, record: Any) -> None:
+        bar.total = total
+        bar.update(count, f"{record.label} on {record.task} seed {record.seed}: "
+                          f"{record.status}")
 
-    executor = InlineExecutor() if workers == 1 else ProcessExecutor(workers)
-    outcome = run_study(spec, store, executor=executor, progress=progress)
-    return outcome
+    if workers is None:  # run_study's choice: a pool on every core when it helps
+        return run_study(spec, store, progress=progress)
+    with (InlineExecutor() if workers == 1 else ProcessExecutor(workers)) as executor:
+        return run_study(spec, store, executor=executor, progress=progress)
 
 
 def _write_report(store: Any, name: str, out: Path | None, *, quiet: bool = False) -> Path:
@@ -219,7 +255,8 @@ def _write_report(store: Any, name: str, out: Path | None, *, quiet: bool = Fals
                          environment=environment(), tuning=tuning_for_study(store, name),
                          progress=None if quiet else (lambda m: bar.message(f"report: {m}")))
     if not quiet:
-        print(summary_table(records))
+        rank_by = spec.get("rank_by", "work") if isinstance(spec, dict) else "work"
+        print(summary_table(records, rank_by=rank_by))
     return index
 
 
@@ -233,54 +270,71 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget_and_clip(args: argparse.Namespace) -> dict[str, Any]:
+    """The study settings of the options shared by run and compare (those given)."""
+    out = {}
+    for key in ("steps", "examples", "epochs", "seconds", "clip_norm", "clip_value"):
+        if getattr(args, key, None) is not None:
+            out[key] = getattr(args, key)
+    return out
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .lab.study import default_name, normalize_spec
+    from dataclasses import replace
+
+    from .lab.spec import StudySpec
+    from .lab.study import default_name
 
     hyper = _pairs(args.hp, "--hp")
     if args.lr is not None:
         hyper["lr"] = args.lr
-    spec_in: dict[str, Any] = {
+    spec = StudySpec.from_mapping({
         "tasks": [args.task], "optimizers": [args.optimizer], "seeds": [args.seed],
-        "batch_size": args.batch_size, "schedule": args.schedule, "steps": args.steps,
-        "seconds": args.seconds, "telemetry": args.telemetry,
+        "batch_size": args.batch_size, "schedule": args.schedule,
+        "telemetry": args.telemetry, **_budget_and_clip(args),
         "hyperparams": {args.optimizer: hyper} if hyper else {},
         "task": {args.task: {"options": _pairs(args.task_option, "--task-option")}},
-    }
-    spec = normalize_spec(spec_in, source="optimlab run")
-    spec["name"] = args.name or "run-" + default_name(spec).removeprefix("study-")
+    }, source="optimlab run")
+    spec = replace(spec, name=args.name or "run-" + default_name(spec).removeprefix("study-"))
     with _store(args.store) as store:
         _execute_study(spec, store, workers=1)
-        record = store.study_records(spec["name"])[0]
+        record = store.study_records(spec.resolved_name)[0]
         if args.json:
-            print(json.dumps(record, indent=1))
+            print(json.dumps(record.to_dict(), indent=1))
         else:
             _print_run(record)
         if args.out:
-            _write_report(store, spec["name"], Path(args.out), quiet=True)
+            _write_report(store, spec.resolved_name, Path(args.out), quiet=True)
             print(f"report: {Path(args.out) / 'index.html'}")
-    return 0 if record["status"] != "failed" else 1
+    return 0 if record.status != "failed" else 1
 
 
-def _print_run(record: dict[str, Any]) -> None:
-    c, info = record["config"], record["task_info"]
-    print(f"{c['optimizer']} on {c['task']} (seed {c['seed']}, batch {c['batch_size']}, "
-          f"{c['schedule']} schedule): {record['status']}"
-          + (f" - {record['error']}" if record["error"] else ""))
-    print(f"  hyperparameters: {json.dumps(c['hyperparams'])}")
-    print(f"  {record['steps_done']} steps in {record['train_seconds']:.2f} s of training "
-          f"({record['wall_seconds']:.2f} s wall)")
-    for k, v in record["final"].items():
+def _print_run(record: Any) -> None:
+    c, info = record.config, record.task_info
+    clip = "".join(f", {k} {getattr(c, k):g}" for k in ("clip_norm", "clip_value")
+                   if getattr(c, k) is not None)
+    print(f"{c.optimizer} on {c.task} (seed {c.seed}, batch {c.batch_size}, "
+          f"{c.schedule} schedule{clip}): {record.status}"
+          + (f" - {record.error}" if record.error else ""))
+    print(f"  hyperparameters: {json.dumps(dict(c.hyperparams), default=str)}")
+    print(f"  {record.steps_done} steps ({record.grad_evals} gradient evaluations) in "
+          f"{record.train_seconds:.2f} s of training ({record.wall_seconds:.2f} s wall)")
+    for k, v in record.final.items():
         print(f"  final {k:<20} {v:.6g}")
-    target = f"{info['target_metric']} <= {info['target']:g}"
-    if record["steps_to_target"] is not None:
-        print(f"  reached {target} at step {record['steps_to_target']} "
-              f"({record['time_to_target']:.3f} s)")
+    target = f"{info.target_metric} <= {info.target:g}"
+    if record.reached and record.steps_to_target is not None:
+        when = ("" if record.time_to_target is None
+                else f", {record.time_to_target:.3f} s")
+        print(f"  reached {target}, settled from step {record.steps_to_target} "
+              f"({record.grad_evals_to_target} gradient evaluations{when})")
     else:
-        print(f"  did not reach {target}")
-    if record["generalization_gap"] is not None:
-        print(f"  generalization gap (test - train loss): {record['generalization_gap']:.4g}")
-    print(f"  optimizer state: {record['state_bytes']} bytes for {record['n_params']} "
-          f"parameters; store key {record['key']}")
+        crossed = ("" if record.first_crossing is None
+                   else f" (crossed it at step {record.first_crossing} but did not stay)")
+        print(f"  did not settle at {target}{crossed}")
+    if record.generalization_gap is not None:
+        print(f"  generalization gap (test - train loss): {record.generalization_gap:.4g}")
+    print(f"  optimizer state: {record.state_bytes} bytes for {record.n_params} "
+          f"parameters; store key {record.key}")
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
@@ -324,16 +378,15 @@ def _trial_progress(what: str) -> tuple[Any, Callable[[int, int, Any], None]]:
     return state, progress
 
 
-def _rerun_progress() -> Callable[[int, int, dict[str, Any]], None]:
+def _rerun_progress() -> Callable[[int, int, Any], None]:
     from .lab.progress import Progress
     state: dict[str, Any] = {}
 
-    def progress(done: int, total: int, record: dict[str, Any]) -> None:
+    def progress(done: int, total: int, record: Any) -> None:
         if "bar" not in state:
             state["bar"] = Progress(total, "re-runs", start=done - 1)
-        c = record["config"]
-        state["bar"].update(done, f"{record['label']} on {c['task']} seed {c['seed']}: "
-                                  f"{record['status']}")
+        state["bar"].update(done, f"{record.label} on {record.task} seed {record.seed}: "
+                                  f"{record.status}")
     return progress
 
 
@@ -343,7 +396,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     spec = TuneSpec(tasks=args.tasks, optimizers=args.optimizers, trials=args.trials,
                     steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                     seeds=args.seeds, space=args.space, pruner=args.pruner, name=args.name,
-                    schedules=tuple(_csv(args.schedules) or ()))
+                    schedules=tuple(_csv(args.schedules) or ()), clip_norm=args.clip_norm,
+                    clip_value=args.clip_value)
     _, progress = _trial_progress("trials")
     outcome = tune(spec, args.store, storage=args.storage, workers=args.workers,
                    progress=progress, rerun_progress=_rerun_progress())
@@ -365,6 +419,24 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_advise(args: argparse.Namespace) -> int:
     from .lab import advise as adv
 
+    if args.distill is not None:
+        from .lab.environment import environment
+
+        with _store(args.store) as store:
+            records = store.study_records(args.distill)
+            spec = store.study_spec(args.distill)
+        env = environment()
+        conditions = (f"{len(records)} runs of study {args.distill!r} ranked by "
+                      f"{spec.get('rank_by', 'work')} to target; "
+                      + ", ".join(f"{k} {v}" for k, v in env.items() if isinstance(v, str)))
+        evidence = adv.distill(records, study=args.distill, source=f"optimlab {__version__}",
+                               conditions=conditions, rank_by=spec.get("rank_by", "work"))
+        if args.evidence_out:
+            path = adv.write_evidence(evidence, args.evidence_out)
+            print(f"evidence of study {args.distill!r} ({len(records)} runs): {path}")
+        else:
+            print(json.dumps(evidence, indent=1, sort_keys=True))
+        return 0
     if args.no_compute:
         with _store(args.store) as store:
             evidence = adv.load_evidence(store)
@@ -382,7 +454,7 @@ def _cmd_advise(args: argparse.Namespace) -> int:
                         budget_minutes=args.budget, store=args.store, workers=args.workers,
                         batch_size=args.batch_size, seeds=args.seeds, steps=args.steps,
                         task_options=_pairs(args.task_option, "--task-option"),
-                        space=args.space, progress=progress,
+                        space=args.space, clip_norm=args.clip_norm, progress=progress,
                         rerun_progress=_rerun_progress(), message=say)
     out = Path(args.out) if args.out else (
         Path("optimlab-results") / _safe_dirname(f"advise-{args.task}"))
@@ -393,65 +465,45 @@ def _cmd_advise(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_spec() -> dict[str, Any]:
-    from .lab.study import load_study_file
-    path = Path(__file__).parent / "lab" / "studies" / "default.toml"
-    return load_study_file(path)
+def _default_spec() -> Any:
+    from .lab.spec import DEFAULT_STUDY, StudySpec
+    return StudySpec.load(DEFAULT_STUDY)
+
+
+def _compare_overrides(args: argparse.Namespace, base: Any) -> dict[str, Any]:
+    """The study settings the command line gives (only those given), on top of ``base``."""
+    out: dict[str, Any] = {}
+    for key in ("tasks", "optimizers", "batch_size", "schedule"):
+        if getattr(args, key) is not None:
+            out[key] = _csv(getattr(args, key))
+    for key in ("seeds", "eval_every", "lr_scaling", "base_batch_size", "rank_by",
+                "heldout_seeds"):
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
+    out.update(_budget_and_clip(args))
+    if args.telemetry:
+        out["telemetry"] = True
+    lrs = _floats(args.lr, "--lr")
+    if lrs is not None:
+        optimizers = out.get("optimizers") or list(base.optimizers)
+        out["hyperparams"] = {o: {"lr": lrs} for o in optimizers}
+    if args.name:
+        out["name"] = args.name
+    return out
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .lab.study import default_name, load_study_file, normalize_spec
-
-    custom = any(v is not None for v in (args.tasks, args.optimizers, args.seeds,
-                                         args.batch_size, args.lr, args.schedule, args.steps,
-                                         args.seconds)) or args.telemetry
     if args.study is not None:
-        if custom:
-            raise CLIError("--study FILE cannot be combined with --tasks/--optimizers/... "
-                           "options", "put the settings in the study file")
-        spec = load_study_file(args.study)
-    elif not custom:
-        spec = _default_spec()
+        from .lab.spec import StudySpec
+        spec = StudySpec.load(args.study)
     else:
-        default = _default_spec()
-        tasks = _csv(args.tasks) or default["tasks"]
-        optimizers = _csv(args.optimizers) or default["optimizers"]
-        spec_in: dict[str, Any] = {"tasks": tasks, "optimizers": optimizers,
-                                   "seeds": args.seeds if args.seeds is not None else 3}
-        if args.batch_size is not None:
-            spec_in["batch_size"] = _csv(args.batch_size)
-        if args.schedule is not None:
-            spec_in["schedule"] = _csv(args.schedule)
-        for key in ("steps", "seconds"):
-            if getattr(args, key) is not None:
-                spec_in[key] = getattr(args, key)
-        spec_in["telemetry"] = args.telemetry
-        lrs = _floats(args.lr, "--lr")
-        if lrs is not None:
-            spec_in["hyperparams"] = {o: {"lr": lrs} for o in optimizers}
-        # Per-task settings of the default study (options, tuned learning rates) carry over
-        # where the command line does not set them.
-        tables = {}
-        for task in tasks:
-            t = dict(default["task"].get(task, {}))
-            if not t:
-                continue
-            if args.batch_size is not None:
-                t.pop("batch_size", None)
-            if args.steps is not None:
-                t.pop("steps", None)
-            hyper = {o: dict(v) for o, v in t.get("hyperparams", {}).items() if o in optimizers}
-            if lrs is not None:
-                for v in hyper.values():
-                    v.pop("lr", None)
-            t["hyperparams"] = {o: {k: (v[0] if len(v) == 1 else v) for k, v in h.items()}
-                                for o, h in hyper.items() if h}
-            tables[task] = t
-        spec_in["task"] = tables
-        spec = normalize_spec(spec_in, source="optimlab compare")
-    if args.name:
-        spec["name"] = args.name
-    spec["name"] = spec.get("name") or default_name(spec)
+        spec = _default_spec()
+    overrides = _compare_overrides(args, spec)
+    if set(overrides) - {"name"}:
+        spec = spec.merged_with(overrides, source="optimlab compare")
+    elif "name" in overrides:
+        from dataclasses import replace
+        spec = replace(spec, name=overrides["name"])
     with _store(args.store) as store:
         outcome = _execute_study(spec, store, args.workers)
         if args.no_report:
@@ -532,6 +584,25 @@ def _parser() -> argparse.ArgumentParser:
                            help="a task option, e.g. --task-option depth=3")
         p.add_argument("--batch-size", default=32, help="'full', 1 or k (default 32)")
 
+    def budget_args(p: argparse.ArgumentParser) -> None:
+        """The budget and gradient clipping (run, compare)."""
+        g = p.add_argument_group("budget (at most one of --steps, --examples, --epochs)")
+        g.add_argument("--steps", type=int, default=None, help="steps per run (task default)")
+        g.add_argument("--examples", type=int, default=None,
+                       help="training examples per run (steps = examples / batch size)")
+        g.add_argument("--epochs", type=float, default=None,
+                       help="passes over the training set per run")
+        g.add_argument("--seconds", type=float, default=None,
+                       help="wall-clock budget per run (machine-dependent)")
+        clip_args(p)
+
+    def clip_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--clip", "--clip-norm", dest="clip_norm", type=float, default=None,
+                       metavar="MAX_NORM", help="clip the global gradient norm before each "
+                       "step (any optimizer; recorded in the run key)")
+        p.add_argument("--clip-value", type=float, default=None, metavar="V",
+                       help="clip each gradient element to [-V, V]")
+
     def store_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--store", metavar="URL", default=None,
                        help="results database (default sqlite:///optimlab-results/results.db)")
@@ -546,8 +617,7 @@ def _parser() -> argparse.ArgumentParser:
     run_args(p, hp=True)
     p.add_argument("--schedule", default="constant", help="learning-rate schedule")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="step budget (task default)")
-    p.add_argument("--seconds", type=float, default=None, help="wall-clock budget")
+    budget_args(p)
     p.add_argument("--telemetry", action="store_true", help="record gradient telemetry")
     p.add_argument("--name", default=None, help="study name to store the run under")
     p.add_argument("--out", default=None, help="also write a report to this folder")
@@ -557,18 +627,32 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="compare optimizers on tasks and write a report",
                        description="Run a study (optimizers x tasks x seeds x settings) in "
-                                   "parallel, store every run, and write an HTML report. "
-                                   "With no options: the default comparison.",
+                                   "parallel, store every run, and write an HTML report "
+                                   "ranking the arms by work to target (see 'ranking' "
+                                   "below). With no options: the default comparison; "
+                                   "options change the default study or --study FILE.",
                        epilog=EXAMPLES["compare"], formatter_class=raw)
-    p.add_argument("--study", metavar="FILE.toml", help="a study file (see the README)")
+    p.add_argument("--study", metavar="FILE.toml",
+                   help="a study file (see the README); other options change its settings")
     p.add_argument("--tasks", help="comma-separated task names")
     p.add_argument("--optimizers", help="comma-separated optimizer names")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
     p.add_argument("--batch-size", help="comma-separated: full, 1, k (a list sweeps)")
     p.add_argument("--lr", help="comma-separated learning rates for every optimizer (sweeps)")
     p.add_argument("--schedule", help="comma-separated schedule names (a list sweeps)")
-    p.add_argument("--steps", type=int, help="step budget per run (default: each task's)")
-    p.add_argument("--seconds", type=float, help="wall-clock budget per run")
+    budget_args(p)
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="steps between evaluations (default: an adaptive grid)")
+    p.add_argument("--lr-scaling", choices=("none", "linear", "sqrt"), default=None,
+                   help="scale the lr with the batch size: lr * (bs / base) ** p, p = 1 "
+                        "(linear) or 1/2 (sqrt)")
+    p.add_argument("--base-batch-size", type=int, default=None,
+                   help="the batch size the given lr refers to (default 32)")
+    p.add_argument("--rank-by", choices=("work", "time"), default=None,
+                   help="rank by work to target (default) or by wall-clock time to target")
+    p.add_argument("--heldout-seeds", type=int, default=None,
+                   help="fresh seeds for re-running each optimizer's best swept arm "
+                        "(default: as many as --seeds when a hyperparameter is swept; 0: off)")
     p.add_argument("--telemetry", action="store_true", help="record gradient telemetry")
     p.add_argument("--name", help="study name (default: derived from the settings)")
     p.add_argument("--workers", type=int, default=None,
@@ -601,9 +685,11 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=EXAMPLES["tune"], formatter_class=raw)
     p.add_argument("--tasks", required=True, help="comma-separated task names")
     p.add_argument("--optimizers", required=True, help="comma-separated optimizer names")
-    p.add_argument("--trials", type=int, default=20, help="trials per optimizer (default 20)")
+    p.add_argument("--trials", type=int, default=20,
+                   help="trials per optimizer (default 20, at least 8)")
     p.add_argument("--steps", type=int, default=None, help="steps per trial (task default)")
     run_args(p, task_option=False)
+    clip_args(p)
     p.add_argument("--space", default="lr", choices=("lr", "full"),
                    help="lr: the learning rate only; full: every documented hyperparameter")
     p.add_argument("--schedules", help="comma-separated schedules to search over")
@@ -624,7 +710,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "rules from recorded results instead.",
                        epilog=EXAMPLES["advise"], formatter_class=raw)
     p.add_argument("--task", help="task name (built-in or 'package.module:factory')")
-    p.add_argument("--budget", type=float, default=5.0, help="minutes (default 5)")
+    p.add_argument("--budget", type=float, default=5.0,
+                   help="minutes (default 5); raised, with a warning, when too small for 8 "
+                        "trials per optimizer")
     p.add_argument("--optimizers", help="candidates (default: the seven classics)")
     run_args(p)
     p.add_argument("--steps", type=int, default=None, help="steps per run (task default)")
@@ -632,8 +720,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default="lr", choices=("lr", "full"))
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", help="report folder (default optimlab-results/advise-TASK/)")
+    clip_args(p)
     p.add_argument("--no-compute", action="store_true",
                    help="no runs: rules distilled from the recorded results, with evidence")
+    p.add_argument("--distill", metavar="STUDY",
+                   help="no runs: print (or write, --evidence-out) the evidence of a stored "
+                        "study, the form of the packaged evidence")
+    p.add_argument("--evidence-out", metavar="FILE.json", help="where --distill writes")
     store_arg(p)
     p.set_defaults(func=_cmd_advise)
 

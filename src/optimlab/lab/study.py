@@ -1,310 +1,81 @@
-"""Studies: grids of runs (optimizers x tasks x seeds x settings), executed in parallel, resumable.
+"""Studies: grids of runs (optimizers x tasks x settings x seeds), executed, stored, resumable.
 
-A study is described by a plain dict (the *spec*), written by hand in a TOML file or built from
-the command line::
+A study is a :class:`optimlab.lab.spec.StudySpec` (a TOML file, the command line, or Python).
+:func:`plan` expands it into runs; each run's *label* (its arm) is the optimizer's name plus
+the settings the study sweeps (``"sgd lr=0.1 bs=32"``); runs of one arm differ only by seed,
+and the same arm on different tasks carries the same label, so the report can compare arms
+across tasks.
 
-    name = "batch-sizes"
-    tasks = ["mlp-digits", "logreg-breast-cancer"]
-    optimizers = ["sgd", "adam"]
-    seeds = 3                      # or a list: [0, 1, 2]
-    batch_size = ["full", 1, 32]   # a list sweeps; "full" = batch gradient descent
-    schedule = "constant"          # or a list of schedule names
-    steps = 500                    # optional: default is each task's own budget
-    # seconds = 30                 # optional wall-clock budget per run
+A run that is *deterministic* (the task's result does not depend on the seed with the full
+batch, the batch is full, the optimizer is one of the lab's) runs on the study's first seed
+only: more seeds would repeat it exactly. :func:`plan_notes` says which.
 
-    [hyperparams.sgd]              # per optimizer; a list sweeps
-    lr = [0.01, 0.1]
-
-    [task.mlp-digits]              # per task: options, settings, hyperparameters
-    options = { depth = 3, batchnorm = true }
-    steps = 800
-    [task.mlp-digits.hyperparams.sgd]
-    lr = 0.05
-
-Each run's *label* (its arm) is the optimizer's name plus the settings the study sweeps
-(``"sgd lr=0.1 bs=32"``); runs of one arm differ only by seed, and the same arm on different
-tasks carries the same label, so the report can compare arms across tasks.
-
-:func:`run_study` executes the runs that the store does not hold yet, in parallel through an
-:class:`Executor` (a process pool by default; replaceable, e.g. by a cluster executor), and
-stores each run the moment it finishes.
+:func:`run_study` executes the runs the store does not hold yet through
+:func:`optimlab.lab.execution.execute_all`, interleaved (round-robin over arms, seed by seed,
+in an order shuffled by the study's name) so that the order does not bias wall-clock times,
+and stores each run the moment it finishes. When the study has held-out seeds
+(:attr:`StudySpec.n_heldout`), it then chooses each optimizer's best arm on each task by the
+ranking (:func:`optimlab.lab.report.stats.aggregate` with the study's ``rank_by``) and
+re-runs it on the held-out
+seeds as the arm ``"<optimizer> best"`` (:func:`heldout_label`); every optimizer of the study
+gets such an arm, so the "best per optimizer" view is paired on the same seeds. The chosen
+arms are saved with the study (``"heldout_choice"`` in :meth:`ResultStore.study_spec`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import hashlib
 import itertools
 import json
-import math
-import multiprocessing as mp
-import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
-from .environment import available_cores
-from .optimizers import _allowed, build_optimizer, lookup
-from .runs import SCHEDULES, RunConfig, execute, parse_batch_size
+from .execution import (
+    Executor,
+    InlineExecutor,
+    ProcessExecutor,
+    default_workers,
+    execute_all,
+    interleave,
+)
+from .optimizers import LAB_OPTIMIZERS, build_optimizer
+from .runs import execute
+from .schema import RunConfig, RunRecord
+from .spec import StudyError, StudySpec, default_name, load_study_file
 from .store import ResultStore
 from .tasks import make_task
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+__all__ = ["HELDOUT_SUFFIX", "Executor", "InlineExecutor", "PlannedRun", "ProcessExecutor",
+           "StudyError", "StudyOutcome", "StudySpec", "count_runs", "default_name",
+           "default_workers", "execute_runs",
+           "heldout_label", "is_heldout", "load_study_file", "plan", "plan_heldout",
+           "plan_notes", "run_study"]
 
-__all__ = ["Executor", "InlineExecutor", "PlannedRun", "ProcessExecutor", "StudyError",
-           "load_study_file", "normalize_spec", "plan", "run_study"]
-
-_TOP_KEYS = {"name", "description", "tasks", "optimizers", "seeds", "batch_size", "schedule",
-             "steps", "seconds", "eval_every", "telemetry", "hyperparams", "task"}
-_TASK_KEYS = {"options", "batch_size", "schedule", "steps", "seconds", "eval_every",
-              "hyperparams"}
+#: The label of a held-out arm is the optimizer's name and this suffix (``"sgd best"``).
+HELDOUT_SUFFIX = " best"
 
 
-class StudyError(ValueError):
-    """An invalid study spec; the message names the field and what is allowed."""
+def heldout_label(optimizer: str) -> str:
+    """The label of ``optimizer``'s held-out "best" arm."""
+    return optimizer + HELDOUT_SUFFIX
+
+
+def is_heldout(label: str | None) -> bool:
+    """Whether ``label`` is a held-out "best per optimizer" arm (:func:`heldout_label`)."""
+    return bool(label) and str(label).endswith(HELDOUT_SUFFIX)
 
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of a study: its config, key and arm label."""
+    """One run of a study: its config, key and arm label; ``deterministic`` when its result
+    does not depend on its seed (it then runs on one seed)."""
 
     config: RunConfig
     key: str
     label: str
-
-
-# --------------------------------------------------------------------------- the spec
-
-
-def _as_list(field: str, value: Any) -> list[Any]:
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise StudyError(f"{field}: an empty list; give at least one value")
-        return list(value)
-    return [value]
-
-
-def _names(field: str, value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    items = _as_list(field, value)
-    for i, v in enumerate(items):
-        if not isinstance(v, str) or not v:
-            raise StudyError(f"{field}[{i}]: expected a name, got {v!r}")
-    if len(set(items)) != len(items):
-        raise StudyError(f"{field}: duplicate names in {items}")
-    return items
-
-
-def _seeds(value: Any) -> list[int]:
-    if isinstance(value, bool):
-        raise StudyError(f"seeds: a count or a list of non-negative integers, got {value!r}")
-    if isinstance(value, int):
-        if value < 1:
-            raise StudyError(f"seeds: the number of seeds must be >= 1, got {value}")
-        return list(range(value))
-    items = _as_list("seeds", value)
-    for s in items:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise StudyError(f"seeds: a count or a list of non-negative integers, got {s!r}")
-    if len(set(items)) != len(items):
-        raise StudyError(f"seeds: duplicate seeds in {items}")
-    return items
-
-
-def _batch_sizes(field: str, value: Any) -> list[int | str]:
-    out = []
-    for v in _as_list(field, value):
-        try:
-            out.append(parse_batch_size(v))
-        except ValueError:
-            raise StudyError(f"{field}: 'full' or a positive integer, got {v!r}") from None
-    return out
-
-
-def _schedules(field: str, value: Any) -> list[str]:
-    items = _names(field, value)
-    for s in items:
-        if s not in SCHEDULES:
-            raise StudyError(f"{field}: unknown schedule {s!r}; allowed: {', '.join(SCHEDULES)}")
-    return items
-
-
-def _optional_int(field: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StudyError(f"{field}: a positive integer, got {value!r}")
-    return value
-
-
-def _optional_seconds(field: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and value > 0):
-        raise StudyError(f"{field}: a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _hyper_grid(field: str, optimizer: str, table: Any) -> dict[str, list[Any]]:
-    """``{key: [values]}``; a list sweeps, except for tuple-valued keys (betas), where a list
-    of numbers is one value and a list of lists sweeps."""
-    if not isinstance(table, Mapping):
-        raise StudyError(f"{field}: a table of hyperparameters, got {table!r}")
-    allowed = _allowed(lookup(optimizer).cls)
-    grid = {}
-    for key, value in table.items():
-        if key not in allowed:
-            raise StudyError(f"{field}.{key}: optimizer {optimizer!r} has no hyperparameter "
-                             f"{key!r}; allowed: {', '.join(sorted(allowed))}")
-        tuple_valued = isinstance(allowed[key], tuple)
-        if isinstance(value, list) and (not tuple_valued or
-                                        (value and isinstance(value[0], list))):
-            grid[key] = _as_list(f"{field}.{key}", value)
-        else:
-            grid[key] = [value]
-    return grid
-
-
-def normalize_spec(spec: Mapping[str, Any], *, source: str = "study") -> dict[str, Any]:
-    """Check ``spec`` and return it in canonical form (lists everywhere, defaults filled in).
-
-    Raises:
-        StudyError: naming the field (``tasks[1]``, ``hyperparams.adam.lr``, ...) and what is
-            allowed.
-    """
-    def err(e: Exception) -> StudyError:
-        return StudyError(f"{source}: {e}")
-
-    if not isinstance(spec, Mapping):
-        raise err(StudyError(f"a study is a table of settings, got {type(spec).__name__}"))
-    unknown = sorted(set(spec) - _TOP_KEYS)
-    if unknown:
-        raise err(StudyError(f"unknown field {unknown[0]!r}; allowed: "
-                             f"{', '.join(sorted(_TOP_KEYS))}"))
-    try:
-        for required in ("tasks", "optimizers"):
-            if required not in spec:
-                raise StudyError(f"{required}: missing (give at least one)")
-        out: dict[str, Any] = {
-            "name": spec.get("name"),
-            "description": str(spec.get("description", "")),
-            "tasks": _names("tasks", spec["tasks"]),
-            "optimizers": _names("optimizers", spec["optimizers"]),
-            "seeds": _seeds(spec.get("seeds", 3)),
-            "batch_size": _batch_sizes("batch_size", spec.get("batch_size", 32)),
-            "schedule": _schedules("schedule", spec.get("schedule", "constant")),
-            "steps": _optional_int("steps", spec.get("steps")),
-            "seconds": _optional_seconds("seconds", spec.get("seconds")),
-            "eval_every": _optional_int("eval_every", spec.get("eval_every")),
-            "telemetry": spec.get("telemetry", False),
-        }
-        if out["name"] is not None and (not isinstance(out["name"], str) or not out["name"]):
-            raise StudyError(f"name: a non-empty string, got {out['name']!r}")
-        if not isinstance(out["telemetry"], bool):
-            raise StudyError(f"telemetry: true or false, got {out['telemetry']!r}")
-        for i, name in enumerate(out["optimizers"]):
-            try:
-                lookup(name)
-            except ValueError as e:
-                raise StudyError(f"optimizers[{i}]: {e}") from None
-        tables = spec.get("task", {})
-        for i, name in enumerate(out["tasks"]):
-            if isinstance(tables, Mapping) and name in tables:
-                continue  # checked with its options below
-            try:
-                make_task(name)
-            except ValueError as e:
-                raise StudyError(f"tasks[{i}]: {e}") from None
-        hyper = spec.get("hyperparams", {})
-        if not isinstance(hyper, Mapping):
-            raise StudyError(f"hyperparams: a table per optimizer, got {hyper!r}")
-        for opt in hyper:
-            if opt not in out["optimizers"]:
-                raise StudyError(f"hyperparams.{opt}: {opt!r} is not in optimizers "
-                                 f"({', '.join(out['optimizers'])})")
-        out["hyperparams"] = {opt: _hyper_grid(f"hyperparams.{opt}", opt, table)
-                              for opt, table in hyper.items()}
-        out["task"] = _task_tables(spec.get("task", {}), out)
-    except StudyError as e:
-        raise err(e) from None
-    return out
-
-
-def _task_tables(tables: Any, out: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    if not isinstance(tables, Mapping):
-        raise StudyError(f"task: a table per task, got {tables!r}")
-    result = {}
-    for name, table in tables.items():
-        field = f"task.{name}"
-        if name not in out["tasks"]:
-            raise StudyError(f"{field}: {name!r} is not in tasks ({', '.join(out['tasks'])})")
-        if not isinstance(table, Mapping):
-            raise StudyError(f"{field}: a table, got {table!r}")
-        unknown = sorted(set(table) - _TASK_KEYS)
-        if unknown:
-            raise StudyError(f"{field}: unknown field {unknown[0]!r}; allowed: "
-                             f"{', '.join(sorted(_TASK_KEYS))}")
-        t: dict[str, Any] = {}
-        options = table.get("options", {})
-        if not isinstance(options, Mapping):
-            raise StudyError(f"{field}.options: a table of task options, got {options!r}")
-        try:
-            make_task(name, **options)
-        except ValueError as e:
-            raise StudyError(f"{field}.options: {e}") from None
-        t["options"] = dict(options)
-        if "batch_size" in table:
-            t["batch_size"] = _batch_sizes(f"{field}.batch_size", table["batch_size"])
-        if "schedule" in table:
-            t["schedule"] = _schedules(f"{field}.schedule", table["schedule"])
-        if "steps" in table:
-            t["steps"] = _optional_int(f"{field}.steps", table["steps"])
-        if "seconds" in table:
-            t["seconds"] = _optional_seconds(f"{field}.seconds", table["seconds"])
-        if "eval_every" in table:
-            t["eval_every"] = _optional_int(f"{field}.eval_every", table["eval_every"])
-        hyper = table.get("hyperparams", {})
-        if not isinstance(hyper, Mapping):
-            raise StudyError(f"{field}.hyperparams: a table per optimizer, got {hyper!r}")
-        for opt in hyper:
-            if opt not in out["optimizers"]:
-                raise StudyError(f"{field}.hyperparams.{opt}: {opt!r} is not in optimizers")
-        t["hyperparams"] = {opt: _hyper_grid(f"{field}.hyperparams.{opt}", opt, tab)
-                            for opt, tab in hyper.items()}
-        result[name] = t
-    return result
-
-
-def load_study_file(path: str | Path) -> dict[str, Any]:
-    """Read and check a TOML study file; errors name the file, the line or the field."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise StudyError(f"cannot read study file {path}: {e.strerror or e}") from None
-    try:
-        spec = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise StudyError(f"{path}: malformed TOML: {e}") from None
-    spec = normalize_spec(spec, source=str(path))
-    if spec["name"] is None:
-        spec["name"] = path.stem
-    return spec
-
-
-def default_name(spec: Mapping[str, Any]) -> str:
-    """A name derived from the spec's content, so re-running the same study resumes it."""
-    body = {k: v for k, v in spec.items() if k not in ("name", "description")}
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
-    return f"study-{digest}"
+    deterministic: bool = False
 
 
 # --------------------------------------------------------------------------- the grid
@@ -313,7 +84,7 @@ def default_name(spec: Mapping[str, Any]) -> str:
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return "(" + ",".join(_fmt(v) for v in value) + ")"
     return str(value)
 
@@ -321,8 +92,51 @@ def _fmt(value: Any) -> str:
 _SHORT = {"batch_size": "bs", "schedule": "schedule"}
 
 
-def plan(spec: Mapping[str, Any]) -> list[PlannedRun]:
-    """Every run of a normalized spec, in a stable order (task, optimizer, settings, seed).
+def _swept(spec: StudySpec, optimizer: str) -> set[str]:
+    """The setting names with more than one value anywhere in the study (for labels)."""
+    swept = set()
+    for name in ("batch_size", "schedule"):
+        values = [getattr(spec, name)] + [getattr(t, name) for t in spec.task.values()]
+        if any(vals is not None and len(vals) > 1 for vals in values):
+            swept.add(name)
+    for task in spec.tasks:
+        for key, values in spec.grid(task, optimizer).items():
+            if len(values) > 1:
+                swept.add(f"hp.{key}")
+    return swept
+
+
+def _deterministic_task(spec: StudySpec, task: str) -> bool:
+    """The task's result does not depend on the seed when it runs on the full batch."""
+    return bool(make_task(task, **spec.settings(task).options).info
+                .deterministic_with_full_batch)
+
+
+def _deterministic(task_is: bool, optimizer: str, batch_size: int | str) -> bool:
+    """A run is deterministic on a deterministic task, with the full batch and a lab optimizer
+    (a user's optimizer class might draw random numbers)."""
+    return task_is and batch_size == "full" and optimizer in LAB_OPTIMIZERS
+
+
+def _base_config(spec: StudySpec, task: str, optimizer: str, hyper: Mapping[str, Any],
+                 schedule: str, batch_size: int | str) -> RunConfig:
+    t = spec.settings(task)
+    budget = t if t.has_budget else spec
+    return RunConfig(
+        task=task, optimizer=optimizer, hyperparams=dict(hyper), task_options=t.options,
+        schedule=schedule, batch_size=batch_size, seed=0, steps=budget.steps,
+        examples=budget.examples, epochs=budget.epochs,
+        seconds=t.seconds if t.seconds is not None else spec.seconds,
+        eval_every=t.eval_every if t.eval_every is not None else spec.eval_every,
+        telemetry=spec.telemetry,
+        clip_norm=t.clip_norm if t.clip_norm is not None else spec.clip_norm,
+        clip_value=t.clip_value if t.clip_value is not None else spec.clip_value,
+        lr_scaling=spec.lr_scaling, base_batch_size=spec.base_batch_size)
+
+
+def plan(spec: StudySpec) -> list[PlannedRun]:
+    """Every run of the study's grid (held-out re-runs excluded: see :func:`plan_heldout`), in
+    a stable order (task, optimizer, settings, seed).
 
     Raises:
         StudyError: a hyperparameter value the optimizer rejects (checked on a dummy
@@ -330,52 +144,50 @@ def plan(spec: Mapping[str, Any]) -> list[PlannedRun]:
     """
     runs: list[PlannedRun] = []
     checked: set[str] = set()
-    for task in spec["tasks"]:
-        t = spec["task"].get(task, {})
-        for opt in spec["optimizers"]:
-            grid = dict(spec["hyperparams"].get(opt, {}))
-            grid.update(t.get("hyperparams", {}).get(opt, {}))
-            dims: dict[str, list[Any]] = {f"hp.{k}": v for k, v in sorted(grid.items())}
-            dims["batch_size"] = t.get("batch_size", spec["batch_size"])
-            dims["schedule"] = t.get("schedule", spec["schedule"])
+    for task in spec.tasks:
+        t = spec.settings(task)
+        task_is = _deterministic_task(spec, task)
+        for opt in spec.optimizers:
+            dims: dict[str, Sequence[Any]] = {
+                f"hp.{k}": vals for k, vals in spec.grid(task, opt).items()}
+            dims["batch_size"] = t.batch_size or spec.batch_size
+            dims["schedule"] = t.schedule or spec.schedule
             swept = _swept(spec, opt)
             for values in itertools.product(*dims.values()):
-                setting = dict(zip(dims, values))
-                hyper = {k[3:]: v for k, v in setting.items() if k.startswith("hp.")}
+                setting = dict(zip(dims, values, strict=True))
+                hyper = {k[3:]: val for k, val in setting.items() if k.startswith("hp.")}
                 label = " ".join([opt] + [
-                    f"{_SHORT.get(k, k[3:] if k.startswith('hp.') else k)}={_fmt(v)}"
-                    for k, v in setting.items() if k in swept])
-                base = RunConfig(
-                    task=task, optimizer=opt, hyperparams=hyper,
-                    task_options=t.get("options", {}), schedule=setting["schedule"],
-                    batch_size=setting["batch_size"], seed=0,
-                    steps=t.get("steps", spec["steps"]),
-                    seconds=t.get("seconds", spec["seconds"]),
-                    eval_every=t.get("eval_every", spec["eval_every"]),
-                    telemetry=spec["telemetry"])
+                    f"{_SHORT.get(k, k[3:] if k.startswith('hp.') else k)}={_fmt(val)}"
+                    for k, val in setting.items() if k in swept])
+                base = _base_config(spec, task, opt, hyper, setting["schedule"],
+                                    setting["batch_size"])
                 resolved = _resolve(base, f"task {task!r}, optimizer {opt!r}")
-                sig = json.dumps(resolved.hyperparams, sort_keys=True) + opt
+                sig = json.dumps(resolved.hyperparams, sort_keys=True, default=str) + opt
                 if sig not in checked:
                     _check_values(resolved, f"task {task!r}")
                     checked.add(sig)
-                for seed in spec["seeds"]:
-                    cfg = RunConfig(**{**resolved.to_dict(), "seed": seed})
-                    runs.append(PlannedRun(cfg, cfg.key(), label))
+                det = _deterministic(task_is, opt, resolved.batch_size)
+                for seed in spec.seeds[:1] if det else spec.seeds:
+                    cfg = replace(resolved, seed=seed)
+                    runs.append(PlannedRun(cfg, cfg.key(), label, det))
     return runs
 
 
-def _swept(spec: Mapping[str, Any], opt: str) -> set[str]:
-    """The setting names with more than one value anywhere in the study (for labels)."""
-    swept = set()
-    tables = [spec, *spec["task"].values()]
-    for table in tables:
-        for name in ("batch_size", "schedule"):
-            if len(table.get(name, [None])) > 1:
-                swept.add(name)
-        for key, values in table.get("hyperparams", {}).get(opt, {}).items():
-            if len(values) > 1:
-                swept.add(f"hp.{key}")
-    return swept
+def plan_notes(spec: StudySpec, runs: Sequence[PlannedRun] | None = None) -> list[str]:
+    """What the plan does differently from the grid, in words (deterministic runs on one
+    seed, held-out seeds)."""
+    runs = plan(spec) if runs is None else runs
+    notes = []
+    det = sorted({r.config.task for r in runs if r.deterministic})
+    if det and len(spec.seeds) > 1:
+        notes.append(f"deterministic with the full batch (the seed changes nothing), run on "
+                     f"one seed (seed {spec.seeds[0]}) instead of {len(spec.seeds)}: "
+                     f"{', '.join(det)}")
+    if spec.n_heldout:
+        notes.append(f"each optimizer's best arm per task is re-run on {spec.n_heldout} "
+                     f"held-out seed(s) {list(spec.heldout_seed_list)} as '<optimizer>"
+                     f"{HELDOUT_SUFFIX}' (ranked by {spec.rank_by} to target)")
+    return notes
 
 
 def _resolve(config: RunConfig, where: str) -> RunConfig:
@@ -393,105 +205,157 @@ def _check_values(config: RunConfig, where: str) -> None:
         raise StudyError(f"{where}: {e}") from None
 
 
+# --------------------------------------------------------------------------- held-out seeds
+
+
+def plan_heldout(spec: StudySpec, runs: Sequence[PlannedRun],
+                 records: Sequence[RunRecord]) -> tuple[list[PlannedRun],
+                                                        dict[str, dict[str, str]]]:
+    """The held-out re-runs of a study whose grid ``runs`` produced ``records``.
+
+    For each task and optimizer, the arm the report's ranking puts first among that
+    optimizer's arms (:func:`optimlab.lab.report.stats.aggregate` with ``spec.rank_by``: work
+    or time to target, then the final target metric) is re-run on
+    :attr:`StudySpec.heldout_seed_list` (its first seed only when deterministic) with the label
+    :func:`heldout_label`.
+
+    Returns:
+        The runs, and the choice ``{task: {optimizer: chosen arm label}}``.
+    """
+    from .report.stats import aggregate
+
+    if not spec.n_heldout:
+        return [], {}
+    by_key = {r.key: replace(r, label=None) for r in records}
+    arms: dict[tuple[str, str], dict[str, list[PlannedRun]]] = {}
+    for run in runs:
+        arms.setdefault((run.config.task, run.config.optimizer), {}).setdefault(
+            run.label, []).append(run)
+    out: list[PlannedRun] = []
+    choice: dict[str, dict[str, str]] = {}
+    for (task, opt), by_label in arms.items():
+        recs = [replace(by_key[m.key], label=label) for label, members in by_label.items()
+                for m in members if m.key in by_key]
+        if not recs:
+            continue
+        best = next(s.arm for s in aggregate(recs, rank_by=spec.rank_by).values()
+                    if s.is_best)
+        choice.setdefault(task, {})[opt] = best
+        first = by_label[best][0]
+        seeds = spec.heldout_seed_list[:1] if first.deterministic else spec.heldout_seed_list
+        for seed in seeds:
+            cfg = replace(first.config, seed=seed)
+            out.append(PlannedRun(cfg, cfg.key(), heldout_label(opt), first.deterministic))
+    return out, choice
+
+
 # --------------------------------------------------------------------------- execution
 
 
-class Executor(Protocol):
-    """Runs functions on items and yields ``(item, result)`` as each finishes (any order)."""
-
-    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]
-                       ) -> Iterator[tuple[Any, Any]]:
-        """Apply ``fn`` to every item, yielding results as they complete."""
-        ...
-
-
-class InlineExecutor:
-    """Runs everything in this process, one item after the other."""
-
-    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]
-                       ) -> Iterator[tuple[Any, Any]]:
-        for item in items:
-            yield item, fn(item)
-
-
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-class ProcessExecutor:
-    """A pool of ``workers`` fresh processes (spawned, so nothing is shared with this one), each
-    with ``threads`` torch threads. Results arrive as runs finish."""
-
-    def __init__(self, workers: int | None = None, threads: int = 1) -> None:
-        self.workers = workers or default_workers()
-        self.threads = threads
-
-    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]
-                       ) -> Iterator[tuple[Any, Any]]:
-        ctx = mp.get_context("spawn")
-        with cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
-                                    initargs=(self.threads,)) as pool:
-            futures = {pool.submit(fn, item): item for item in items}
-            try:
-                for fut in cf.as_completed(futures):
-                    yield futures[fut], fut.result()
-            finally:
-                for fut in futures:
-                    fut.cancel()
-
-
-def default_workers() -> int:
-    """One worker per available core."""
-    return available_cores()
-
-
-def _run_one(config: dict[str, Any]) -> dict[str, Any]:
-    """Worker entry point: execute one run from its config dict (picklable)."""
-    return execute(RunConfig.from_dict(config), threads=torch.get_num_threads())
+def _run_planned(run: PlannedRun) -> RunRecord:
+    """Worker entry point: execute one planned run."""
+    return execute(run.config, threads=torch.get_num_threads())
 
 
 @dataclass
 class StudyOutcome:
-    """What :func:`run_study` did: the study's runs and how many ran now or were stored."""
+    """What :func:`run_study` did: the study's runs and how many were stored or ran now."""
 
     name: str
     planned: int
     skipped: int
     executed: int
+    notes: tuple[str, ...] = ()
 
 
-def run_study(spec: Mapping[str, Any], store: ResultStore, *,
-              executor: Executor | None = None,
-              progress: Callable[[int, int, dict[str, Any]], None] | None = None
-              ) -> StudyOutcome:
-    """Run every run of ``spec`` (normalized) that ``store`` does not hold, storing each as it
-    finishes. Re-running a study resumes it.
-
-    Args:
-        spec: a spec from :func:`normalize_spec` or :func:`load_study_file`; a missing name is
-            derived from the content (:func:`default_name`).
-        store: where results go.
-        executor: how runs are executed (default :class:`ProcessExecutor` on all cores).
-        progress: called as ``progress(done, total, record)`` after each run.
-    """
-    spec = dict(spec)
-    spec["name"] = spec.get("name") or default_name(spec)
-    runs = plan(spec)
+def _unique(runs: Sequence[PlannedRun]) -> dict[str, PlannedRun]:
     unique: dict[str, PlannedRun] = {}
     for r in runs:
         unique.setdefault(r.key, r)
-    store.save_study(spec["name"], spec, [(r.key, r.label) for r in unique.values()])
-    done = store.finished(unique)
-    pending = [r for k, r in unique.items() if k not in done]
-    executor = executor or (ProcessExecutor() if len(pending) > 1 else InlineExecutor())
-    total = len(unique)
-    count = len(done)
-    by_key = {r.key: r for r in pending}
-    for _, record in executor.imap_unordered(_run_one, [r.config.to_dict() for r in pending]):
-        store.put_run(record)
-        count += 1
-        if progress is not None:
-            record = dict(record, label=by_key[record["key"]].label)
-            progress(count, total, record)
-    return StudyOutcome(spec["name"], total, len(done), len(pending))
+    return unique
 
+
+def execute_runs(name: str, pending: Sequence[PlannedRun], store: ResultStore,
+                 executor: Executor, progress: Callable[[int, int, RunRecord], None] | None,
+                 done: int, total: int) -> None:
+    """Execute ``pending`` runs of study ``name`` through :func:`execute_all`, interleaved
+    (:func:`optimlab.lab.execution.interleave`, salted by ``name``), each stored as it
+    finishes; ``progress(count, total, record)`` counts from ``done``."""
+    order = interleave(pending, group=lambda r: (r.config.task, r.label),
+                       rank=lambda r: r.config.seed, salt=name)
+
+    def sink(run: PlannedRun, record: RunRecord) -> None:
+        store.put_run(record)
+
+    def report(count: int, total: int, run: PlannedRun, record: RunRecord) -> None:
+        if progress is not None:
+            progress(count, total, replace(record, label=run.label))
+
+    execute_all(order, _run_planned, executor, sink=sink, progress=report, done=done,
+                total=total)
+
+
+def count_runs(spec: StudySpec) -> int:
+    """The number of distinct runs of the study, held-out re-runs included (an upper bound
+    for those: a chosen arm that is deterministic runs one held-out seed)."""
+    runs = plan(spec)
+    arms = {(r.config.task, r.config.optimizer) for r in runs}
+    det = {(r.config.task, r.config.optimizer) for r in runs if r.deterministic}
+    mixed = {(r.config.task, r.config.optimizer) for r in runs if not r.deterministic}
+    heldout = sum(1 if a in det and a not in mixed else spec.n_heldout for a in arms) \
+        if spec.n_heldout else 0
+    return len(_unique(runs)) + heldout
+
+
+def run_study(spec: StudySpec, store: ResultStore, *, executor: Executor | None = None,
+              progress: Callable[[int, int, RunRecord], None] | None = None
+              ) -> StudyOutcome:
+    """Run every run of ``spec`` that ``store`` does not hold, storing each as it finishes;
+    then the held-out re-runs, if the study has held-out seeds. Re-running a study resumes it.
+
+    Args:
+        spec: the study; an unnamed one is named by :func:`default_name`.
+        store: where results go.
+        executor: how runs are executed (default: a :class:`ProcessExecutor` on all cores
+            when more than one run is pending; closed at the end).
+        progress: called as ``progress(done, total, record)`` after each run (the record with
+            its ``label``); ``total`` counts the held-out re-runs at most (exact once they are
+            planned).
+    """
+    name = spec.resolved_name
+    saved = {**spec.to_dict(), "name": name, "heldout_seeds": spec.n_heldout}
+    runs = plan(spec)
+    unique = _unique(runs)
+    det = sorted({r.config.task for r in runs if r.deterministic})
+    if det:
+        saved["deterministic"] = {t: True for t in det}
+    store.save_study(name, saved, [(r.key, r.label) for r in unique.values()])
+    stored = store.finished(unique)
+    pending = [r for k, r in unique.items() if k not in stored]
+    own = executor is None
+    if executor is None:
+        executor = ProcessExecutor() if len(pending) > 1 else InlineExecutor()
+    total = count_runs(spec)
+    skipped, executed = len(stored), len(pending)
+    try:
+        execute_runs(name, pending, store, executor, progress, len(stored), total)
+        if spec.n_heldout:
+            records = [rec for rec in store.study_records(name)]
+            extra, choice = plan_heldout(spec, runs, records)
+            extra_unique = {k: r for k, r in _unique(extra).items() if k not in unique}
+            saved["heldout_choice"] = choice
+            store.save_study(name, saved, [(r.key, r.label) for r in unique.values()]
+                             + [(r.key, r.label) for r in extra_unique.values()])
+            stored_extra = store.finished(extra_unique)
+            todo = [r for k, r in extra_unique.items() if k not in stored_extra]
+            if len(todo) > 1 and own and isinstance(executor, InlineExecutor):
+                executor = ProcessExecutor()
+            n = len(unique) + len(extra_unique)
+            execute_runs(name, todo, store, executor, progress, n - len(todo), n)
+            skipped += len(stored_extra)
+            executed += len(todo)
+            unique.update(extra_unique)
+    finally:
+        if own:
+            executor.close()  # type: ignore[attr-defined]
+    return StudyOutcome(name, len(unique), skipped, executed, tuple(plan_notes(spec, runs)))
