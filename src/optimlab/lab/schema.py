@@ -25,10 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
+
+from . import validate
+from .validate import optional, positive_float, positive_int
 
 __all__ = ["ENGINE_OPTIONS", "KEY_VERSION", "LR_SCALING", "SCHEMA_VERSION", "RunConfig",
            "RunRecord", "SchemaError", "Settled", "TaskFacts", "json_safe", "migrate",
@@ -102,42 +104,9 @@ def _canonical(obj: Any) -> str:
 # ----------------------------------------------------------------------------- RunConfig
 
 
-def _positive_int(name: str, value: Any, *, allow_none: bool = True) -> int | None:
-    if value is None and allow_none:
-        return None
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return v
-
-
-def _positive_float(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value <= 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
 def parse_batch_size(value: Any) -> int | str:
     """``"full"`` (batch gradient descent) or a positive integer (``1``: stochastic)."""
-    if isinstance(value, str):
-        s = value.strip().lower()
-        if s == "full":
-            return "full"
-        if s.isdigit():
-            value = int(s)
-    try:
-        return _positive_int("batch_size", value, allow_none=False)  # type: ignore[return-value]
-    except ValueError:
-        raise ValueError(f"batch_size must be 'full' or a positive integer, got {value!r}"
-                         ) from None
+    return validate.batch_size("batch_size", value)
 
 
 #: Fields new in key version 2, left out of the key while at their default (keeps it short).
@@ -206,19 +175,18 @@ class RunConfig:
             if not isinstance(getattr(self, name), Mapping):
                 raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
         setattr_(self, "batch_size", parse_batch_size(self.batch_size))
-        setattr_(self, "steps", _positive_int("steps", self.steps))
-        setattr_(self, "examples", _positive_int("examples", self.examples))
-        setattr_(self, "epochs", _positive_float("epochs", self.epochs))
+        setattr_(self, "steps", optional(positive_int, "steps", self.steps))
+        setattr_(self, "examples", optional(positive_int, "examples", self.examples))
+        setattr_(self, "epochs", optional(positive_float, "epochs", self.epochs))
         if self.examples is not None and self.epochs is not None:
             raise ValueError("give at most one of examples and epochs as the budget")
-        setattr_(self, "eval_every", _positive_int("eval_every", self.eval_every))
-        setattr_(self, "base_batch_size", _positive_int("base_batch_size", self.base_batch_size,
-                                                        allow_none=False))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        setattr_(self, "seconds", _positive_float("seconds", self.seconds))
-        setattr_(self, "clip_norm", _positive_float("clip_norm", self.clip_norm))
-        setattr_(self, "clip_value", _positive_float("clip_value", self.clip_value))
+        setattr_(self, "eval_every", optional(positive_int, "eval_every", self.eval_every))
+        setattr_(self, "base_batch_size", positive_int("base_batch_size",
+                                                      self.base_batch_size))
+        setattr_(self, "seed", validate.non_negative_int("seed", self.seed))
+        setattr_(self, "seconds", optional(positive_float, "seconds", self.seconds))
+        setattr_(self, "clip_norm", optional(positive_float, "clip_norm", self.clip_norm))
+        setattr_(self, "clip_value", optional(positive_float, "clip_value", self.clip_value))
         if not isinstance(self.telemetry, bool):
             raise ValueError(f"telemetry must be true or false, got {self.telemetry!r}")
         if self.lr_scaling not in LR_SCALING:

@@ -6,29 +6,5 @@ objective (work to target), then the best configuration of each is re-run on hel
 See :mod:`optimlab.lab.tuning.run` for the details.
 """
 
-from .tuning import (
-    FINISHED,
-    MAX_REPORTS,
-    MIN_TRIALS,
-    N_STARTUP_TRIALS,
-    RANKING_OBJECTIVE,
-    SEARCH_SPACES,
-    Param,
-    StudyResult,
-    TuneError,
-    TuneOutcome,
-    TuneSpec,
-    derive_seed,
-    hyperparams_for,
-    rerun_best,
-    search_space,
-    storage_url,
-    tune,
-    tuning_for_study,
-    tuning_history,
-)
-
-__all__ = ["FINISHED", "MAX_REPORTS", "MIN_TRIALS", "N_STARTUP_TRIALS", "RANKING_OBJECTIVE",
-           "SEARCH_SPACES", "Param", "StudyResult", "TuneError", "TuneOutcome", "TuneSpec",
-           "derive_seed", "hyperparams_for", "rerun_best", "search_space", "storage_url",
-           "tune", "tuning_for_study", "tuning_history"]
+from .tuning import *  # noqa: F403  (re-export: the names of optimlab.lab.tuning)
+from .tuning import __all__  # noqa: F401

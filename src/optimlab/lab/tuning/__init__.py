@@ -13,13 +13,13 @@
 from .history import tuning_for_study, tuning_history
 from .rerun import rerun_best
 from .run import (
-           FINISHED,
-           MAX_REPORTS,
-           N_STARTUP_TRIALS,
-           StudyResult,
-           TuneOutcome,
-           storage_url,
-           tune,
+    FINISHED,
+    MAX_REPORTS,
+    N_STARTUP_TRIALS,
+    StudyResult,
+    TuneOutcome,
+    storage_url,
+    tune,
 )
 from .space import SEARCH_SPACES, Param, TuneError, hyperparams_for, search_space
 from .spec import MIN_TRIALS, RANKING_OBJECTIVE, TuneSpec, derive_seed
