@@ -379,6 +379,8 @@ def test_settled_first_crossing_and_deterministic(report: tuple[Path, str, list[
     assert nesterov[2] == "140 (1/1)"
     assert nesterov[5] == cells[5] == "x1.75 (exact)"
     assert _row(quad, "adam")[2] == "80 (1/1)" and _row(quad, "adam")[5] == "best"
+    # an arm that never settled counts as the budget: its ratio is only a lower bound
+    assert _row(quad, "sgd momentum=0.5")[5] == "≥x2.5 (exact)"
 
 
 def test_tiny_values_are_not_printed_raw(report: tuple[Path, str, list[str]]) -> None:

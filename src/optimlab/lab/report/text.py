@@ -139,7 +139,9 @@ def fmt_vs_best(s: ArmStats) -> str:
     """The arm against the task's best arm: ``best``, ``tied``, or the difference with its
     p-value (``exact`` for deterministic arms): ``x1.35`` = the arm's mean work (or time) over
     the best arm's, a seed that did not reach counting as the task's budget; ``+0.012`` on the
-    final target metric when the best arm did not settle."""
+    final target metric when the best arm did not settle. The ratio of an arm with seeds that
+    did not settle is a lower bound (they would have needed more than the budget):
+    ``≥x3.6``."""
     if s.is_best:
         return "best"
     c = s.comparison_to_best
@@ -149,6 +151,8 @@ def fmt_vs_best(s: ArmStats) -> str:
         return "tied"
     if s.compared_on in ("work", "time") and math.isfinite(c.ratio):
         diff = f"x{c.ratio:.3g}"
+        if s.n_reached < len(s.records):
+            diff = "≥" + diff
     else:
         diff = f"{c.diff:+.3g}" if math.isfinite(c.diff) else "worse"
     evidence = "exact" if c.method == "exact" else f"p={c.p_value:.2g}"
