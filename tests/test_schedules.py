@@ -71,11 +71,14 @@ CASES: dict[str, tuple[Callable[..., L.LRScheduler], Callable[[float], S.Schedul
     "OneCycleLR": (lambda o: L.OneCycleLR(o, max_lr=[1.0, 0.3], total_steps=STEPS,
                                           cycle_momentum=False),
                    lambda b: S.one_cycle(10 * b, STEPS)),
+    # total_steps = STEPS + 1: the runs end on the schedule's last step; one step beyond it,
+    # torch's linear extrapolation gives a negative lr, which ScheduledLR refuses (see
+    # test_one_cycle_extrapolated_past_its_end_is_refused_when_negative).
     "OneCycleLR-3phase-linear": (
-        lambda o: L.OneCycleLR(o, max_lr=[1.0, 0.3], total_steps=STEPS, pct_start=0.25,
+        lambda o: L.OneCycleLR(o, max_lr=[1.0, 0.3], total_steps=STEPS + 1, pct_start=0.25,
                                anneal_strategy="linear", three_phase=True,
                                cycle_momentum=False),
-        lambda b: S.one_cycle(10 * b, STEPS, 0.25, "linear", three_phase=True)),
+        lambda b: S.one_cycle(10 * b, STEPS + 1, 0.25, "linear", three_phase=True)),
     "PolynomialLR": (lambda o: L.PolynomialLR(o, total_iters=800, power=2.0),
                      lambda b: S.polynomial(b, 800, 2.0)),
     "LinearLR": (lambda o: L.LinearLR(o, start_factor=0.1, end_factor=0.9, total_iters=600),
@@ -179,6 +182,31 @@ def test_last_epoch_resume(name: str) -> None:
         _train_step(opt)
         sched.step()
         _assert_matches(opt, sched, ref[t], t)
+
+
+def test_one_cycle_extrapolated_past_its_end_is_refused_when_negative() -> None:
+    """torch's OneCycleLR sets step ``total_steps`` by extrapolating the last phase: linear
+    and three-phase, that is below zero. The schedule gives the same number (its parity with
+    torch); ScheduledLR refuses to set it as a learning rate, at that step."""
+    schedule = S.one_cycle(1.0, 100, 0.25, "linear", three_phase=True)
+    assert schedule(99) > 0 > schedule(100)
+    opt = _make_opt("torch")
+    ref = L.OneCycleLR(_make_opt("torch"), max_lr=1.0, total_steps=100, pct_start=0.25,
+                       anneal_strategy="linear", three_phase=True, cycle_momentum=False)
+    sched = S.ScheduledLR(opt, schedule)
+    for _ in range(99):
+        _train_step(opt)
+        sched.step()
+        ref.optimizer.step()
+        ref.step()
+    _train_step(opt)
+    with pytest.raises(ValueError, match=r"lr = -[0-9.e-]+ at step 100: a learning rate must "
+                                         r"be a finite number >= 0"):
+        sched.step()
+    assert sched.last_epoch == 99 and opt.param_groups[0]["lr"] == schedule(99)
+    ref.optimizer.step()
+    ref.step()
+    assert ref.get_last_lr()[0] == schedule(100) < 0  # torch sets it
 
 
 def test_single_schedule_sets_every_group() -> None:

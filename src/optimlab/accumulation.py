@@ -59,6 +59,10 @@ class GradientAccumulator:
         optimizer_steps: windows stepped so far (including those a scaler skipped).
         last_grad_norm: the total norm before clipping at the last step (a tensor; no host
             sync), or ``None`` without ``max_norm``.
+        last_error: why the step of the current window raised, or ``None``. Such a window
+            is kept; :meth:`zero_grad` discards it (the way out after a non-finite gradient
+            under ``nonfinite="raise"``), or :meth:`step` retries it once its gradients are
+            fixed.
     """
 
     def __init__(self, optimizer: Optimizer, steps: int, max_norm: float | None = None, *,
@@ -88,6 +92,8 @@ class GradientAccumulator:
         self.micro_step = 0
         self.optimizer_steps = 0
         self.last_grad_norm: Tensor | None = None
+        #: why the last step of the current window raised (``None``: it did not)
+        self.last_error: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -101,6 +107,11 @@ class GradientAccumulator:
         is already complete (call :meth:`step` or :meth:`step_if_ready` first).
         """
         if self.ready:
+            if self.last_error is not None:
+                raise RuntimeError(f"GradientAccumulator: the window's step failed "
+                                   f"({self.last_error}); call zero_grad() to discard the "
+                                   "window's gradients and start a new one (or fix them and "
+                                   "call step() again)")
             raise RuntimeError(f"GradientAccumulator: the window already holds {self.steps} "
                                "micro-batches; call step() (or step_if_ready()) before the "
                                "next backward()")
@@ -144,13 +155,22 @@ class GradientAccumulator:
             grads = [p.grad for p in self._params() if p.grad is not None]
             if grads:
                 torch._foreach_mul_(grads, self.steps / self.micro_step)
+            # The gradients are now a complete window's: should the step raise, step()
+            # retries it (a second flush() would rescale them again).
+            self.micro_step = self.steps
         self._step()
         return True
 
     def zero_grad(self) -> None:
-        """Drop the current window: zero the gradients (``None``) and reset the count."""
+        """Drop the current window: zero the gradients (``None``) and reset the count.
+
+        This is also how to recover from a window whose step raised (a non-finite gradient
+        under ``nonfinite="raise"``, say): the poisoned gradients are discarded and the next
+        :meth:`backward` starts a new window.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         self.micro_step = 0
+        self.last_error = None
 
     def state_dict(self) -> dict[str, int]:
         """The counters (the gradients themselves are not saved)."""
@@ -172,10 +192,18 @@ class GradientAccumulator:
                 scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
             self.last_grad_norm = torch.nn.utils.clip_grad_norm_(
                 self._params(), self.max_norm, norm_type=self.norm_type)
-        if scaler is not None:
-            scaler.step(self.optimizer)
-            scaler.update()
-        else:
-            self.optimizer.step()
+        try:
+            if scaler is not None:
+                scaler.step(self.optimizer)
+                scaler.update()
+            else:
+                self.optimizer.step()
+        except Exception as e:
+            # The window is kept (its gradients may be fixed and stepped again); the next
+            # backward() says to call zero_grad() to discard it.
+            self.last_error = f"{type(e).__name__}: {e}"
+            e.add_note("GradientAccumulator: the window's gradients were kept; call "
+                       "zero_grad() to discard them (or fix them and call step() again)")
+            raise
         self.optimizer_steps += 1
         self.zero_grad()

@@ -177,13 +177,33 @@ class WeightAverage:
     def copy_to(self, model: nn.Module | None = None) -> None:
         """Copy the averaged weights (and buffers) into ``model`` (default: the live model).
 
-        ``model`` must have the same parameter and buffer names as the averaged one.
+        ``model`` must have the averaged model's parameters and buffers: the same names and
+        shapes (dtypes and devices may differ: the values are cast). Otherwise ``ValueError``
+        names the first difference, and nothing is copied.
         """
         live = self._live(model)
-        missing = set(self.averages) - set(live)
-        if missing:
-            raise ValueError(f"model lacks averaged entries {sorted(missing)}")
+        self._check_like(live, "model")
         _copy_by_kind([live[n].detach() for n in self.averages], list(self.averages.values()))
+
+    def _check_like(self, tensors: Mapping[str, Any], what: str) -> None:
+        """Refuse ``tensors`` (by name) unless they match the averages in names and shapes
+        (a copy into a tensor of another shape would broadcast, or fail half-way)."""
+        missing = [n for n in self.averages if n not in tensors]
+        if missing:
+            raise ValueError(f"{what} lacks averaged entries {missing[:5]}"
+                             f"{' ...' if len(missing) > 5 else ''} ({len(missing)} of "
+                             f"{len(self.averages)})")
+        extra = [n for n in tensors if n not in self.averages]
+        if extra:
+            raise ValueError(f"{what} has entries the average does not have: {extra[:5]}"
+                             f"{' ...' if len(extra) > 5 else ''}: another model?")
+        for name, avg in self.averages.items():
+            t = tensors[name]
+            if not isinstance(t, Tensor):
+                raise ValueError(f"{what}: {name!r} must be a tensor, got {type(t).__name__}")
+            if t.shape != avg.shape:
+                raise ValueError(f"{what}: {name!r} has shape {tuple(t.shape)}, the average "
+                                 f"{tuple(avg.shape)}: another model?")
 
     @contextmanager
     def swapped(self) -> Iterator[nn.Module]:
@@ -223,21 +243,30 @@ class WeightAverage:
 
     @torch.no_grad()
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load what :meth:`state_dict` returned (copies into the existing tensors)."""
+        """Load what :meth:`state_dict` returned (copies into the existing tensors).
+
+        Everything is checked first (names and shapes of the averages, the counters, the
+        settings); a refused dict changes nothing.
+        """
         avg = state_dict["averages"]
-        if set(avg) != set(self.averages):
-            raise ValueError("state_dict averages do not match the model: "
-                             f"{sorted(set(avg) ^ set(self.averages))}")
-        for name, t in self.averages.items():
-            t.copy_(avg[name])
+        if not isinstance(avg, Mapping):
+            raise ValueError(f"state_dict averages must be a dict of tensors, got "
+                             f"{type(avg).__name__}")
+        self._check_like(avg, "state_dict averages")
         _check_int("n_averaged", state_dict["n_averaged"], 0)
         _check_int("num_updates", state_dict["num_updates"], 0)
         _check_int("start", state_dict["start"], 0)
+        self._check_extra_state(state_dict)
+        for name, t in self.averages.items():
+            t.copy_(avg[name])
         self.n_averaged = state_dict["n_averaged"]
         self.num_updates = state_dict["num_updates"]
         self.start = state_dict["start"]
         self.use_buffers = bool(state_dict["use_buffers"])
         self._load_extra_state(state_dict)
+
+    def _check_extra_state(self, state_dict: Mapping[str, Any]) -> None:
+        """Refuse invalid subclass settings in ``state_dict`` (before anything is loaded)."""
 
     def _load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         pass
@@ -300,8 +329,10 @@ class EMA(WeightAverage):
     def _extra_state(self) -> dict[str, Any]:
         return {"decay": self.decay, "warmup": self.warmup}
 
-    def _load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
+    def _check_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         check_range("decay", state_dict["decay"], low=0.0, high=1.0, high_open=False)
+
+    def _load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         self.decay = float(state_dict["decay"])
         self.warmup = bool(state_dict["warmup"])
 

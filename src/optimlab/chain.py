@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import Any, ClassVar
 
 import torch
@@ -46,8 +47,20 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _ops as ops
+from ._checkpoint import MARKER, check_state_dict, saved_by
 from ._compiled import CompiledStep
 from ._state import MutationCounter, TrackedState
+from ._transaction import (
+    PARTIAL_NOTE,
+    StepUndo,
+    can_preflight,
+    check_grad,
+    check_scalars,
+    check_state_tensor,
+    grads_finite,
+    nonfinite_message,
+    preflight,
+)
 from .precision import stochastic_round_, stochastic_round_hashed
 from .transforms.adaptive import scalar_dtype
 from .transforms.base import Bucket, Transform, check_range
@@ -60,6 +73,9 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 #: The storage dtypes ``state_dtype`` accepts (``None``: states in the parameter's dtype).
 STATE_DTYPES = (None, torch.bfloat16)
+
+#: What the cached plan checks of each parameter and gradient at every step.
+_LAYOUT = attrgetter("shape", "dtype", "device")
 
 #: What ``step()`` does when a gradient holds inf or NaN.
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
@@ -106,6 +122,18 @@ class ChainOptimizer(Optimizer):
             Eager path only (not with ``fused``, ``master_weights``, ``stochastic_rounding``
             or ``state_dtype``).
 
+    A step is a transaction: it applies completely, or it raises and leaves the parameters,
+    the state (entries, tensors, step counts) and the counters as they were. Everything that
+    can refuse runs before the first tensor is written, with a ``ValueError`` naming the group
+    and parameter: gradients that do not fit their parameter (shape, dtype, device, layout),
+    state tensors that do not (a parameter replaced through ``.data``), per-step numbers that
+    are not finite in the parameters' dtype (``lr=1e308`` with float32 parameters), and, for a
+    step structure not seen before, the rules themselves, run once on ``meta`` tensors. Nothing
+    is copied to make this so (see :mod:`optimlab._transaction`, which also states the one
+    limit: a rule's tensor math failing on values, or running out of memory, after the
+    checks). Only inf and NaN gradient entries are non-finite: finite entries whose sum would
+    overflow (3e38 in float32) are stepped.
+
     Sparse gradients (``nn.Embedding(sparse=True)``) are stepped one parameter at a time:
     rules with a sparse formula (Adagrad) or that are the identity for the group's settings
     (plain SGD) touch only the gradient's rows; before any other rule the update is densified
@@ -116,6 +144,9 @@ class ChainOptimizer(Optimizer):
         skipped_steps: steps skipped under ``nonfinite="skip"``.
     """
 
+    #: The algorithm, as state dicts name it: a state dict loads only into an optimizer of
+    #: the same algorithm (any ChainOptimizer loads another's; named optimizers set their own).
+    algorithm: ClassVar[str] = "chain"
     #: Whether parameter groups always carry the ``fused`` key (named optimizers whose
     #: torch.optim twin has no such key store it only when ``fused=True``).
     _fused_group_key: ClassVar[bool] = True
@@ -183,6 +214,7 @@ class ChainOptimizer(Optimizer):
         self._compiled: CompiledStep | None = None
         self._plan: _Plan | None = None
         self._plan_version = 0  # bumped by whatever may invalidate a cached plan
+        self._preflighted: tuple[Any, ...] | None = None  # the last structure checked on meta
         self._mutations = MutationCounter()
         self._validate_settings(merged)
         super().__init__(params, merged)
@@ -262,6 +294,7 @@ class ChainOptimizer(Optimizer):
             self.state = raw  # wrapped by the property, with a fresh plan
         self._plan, self._plan_version = None, self.__dict__.get("_plan_version", 0) + 1
         self._compiled = None
+        self._preflighted = None
         for k, v in (("nonfinite", "raise"), ("skipped_steps", 0), ("info", {}),
                      ("master_weights", False), ("stochastic_rounding", False),
                      ("state_dtype", None)):
@@ -275,9 +308,12 @@ class ChainOptimizer(Optimizer):
                 st["step"] = torch.tensor(float(st["step"]), dtype=scalar_dtype())
 
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's state dict, with plain dicts (loadable with ``weights_only=True``)."""
+        """torch.optim's state dict, with plain dicts (loadable with ``weights_only=True``),
+        and an ``"optimlab"`` entry naming the class and algorithm that saved it (so that
+        :meth:`load_state_dict` refuses another algorithm's; torch.optim ignores it)."""
         out = super().state_dict()
         out["state"] = {k: dict(v) if isinstance(v, dict) else v for k, v in out["state"].items()}
+        out[MARKER] = saved_by(self)
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -285,24 +321,39 @@ class ChainOptimizer(Optimizer):
         states stay on the CPU, ``state_dtype`` states stay bfloat16 and, with
         ``master_weights``, fp32 states of low-precision parameters stay fp32 (torch.optim
         casts every floating state to the parameter's dtype and device). Load hooks run as in
-        torch.optim: pre-hooks first, post-hooks on the fully loaded state."""
-        state_dict = state_dict.copy()
+        torch.optim: pre-hooks first, post-hooks on the fully loaded state.
+
+        The whole dict is checked first (after the pre-hooks), and refused with a
+        ``ValueError`` naming what is wrong: a state dict of another algorithm (named by the
+        class that saved it, or recognized by its states and hyperparameters), parameter ids
+        no group lists, states of the wrong shape or dtype, steps that are not finite
+        non-negative integers, invalid hyperparameters (see :mod:`optimlab._checkpoint`). A
+        refused or failed load leaves the optimizer as it was. torch.optim's state dicts of the
+        same algorithm load as before."""
+        state_dict = state_dict.copy() if isinstance(state_dict, Mapping) else state_dict
         pre = self._optimizer_load_state_dict_pre_hooks
         post = self._optimizer_load_state_dict_post_hooks
         for pre_hook in pre.values():
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        # torch.optim's loader (validation, id mapping, casting) with the hooks run here instead
-        # (the hook dicts are put back as they were: handles keep removing from them).
+        check_state_dict(self, state_dict)
+        # torch.optim's loader (id mapping, casting) with the hooks run here instead (the hook
+        # dicts are put back as they were: handles keep removing from them). It replaces the
+        # state and the groups by new objects: putting the old ones back undoes a failed load.
+        old_state, old_groups = self.state, self.param_groups
         self._optimizer_load_state_dict_pre_hooks = type(pre)()
         self._optimizer_load_state_dict_post_hooks = type(post)()
         try:
             super().load_state_dict(state_dict)
+            self._restore_storage(state_dict)
+        except BaseException:
+            self.state, self.param_groups = old_state, old_groups
+            self._plan_version += 1
+            raise
         finally:
             self._optimizer_load_state_dict_pre_hooks = pre
             self._optimizer_load_state_dict_post_hooks = post
-        self._restore_storage(state_dict)
         for post_hook in post.values():
             post_hook(self)
 
@@ -311,6 +362,12 @@ class ChainOptimizer(Optimizer):
         self._plan_version += 1
         per_param = [(p, st) for p, st in self.state.items()
                      if isinstance(p, Tensor) and isinstance(st, dict)]
+        for _, st in per_param:
+            for k in [k for k, v in st.items() if v is None]:
+                del st[k]  # a state not made yet (torch < 2's momentum_buffer=None)
+            step = st.get("step")
+            if isinstance(step, Tensor) and not step.is_floating_point():
+                st["step"] = step.to(scalar_dtype())  # counted in floating point, as torch
         # torch.optim moves ``step`` to the parameter's device for fused groups, and every other
         # scalar state (NAdam's ``mu_product``) always: keep scalar states on the CPU, where
         # the step reads them (a device scalar would cost a synchronization per step).
@@ -396,38 +453,90 @@ class ChainOptimizer(Optimizer):
                 "devices: a parameter is on the 'meta' device (a shape without data); "
                 "materialize the model first, e.g. model.to_empty(device='cpu')")
 
-        if self.nonfinite != "ignore" and not self._grads_finite(work):
+        if self.nonfinite != "ignore" and not grads_finite(work):
             if self.nonfinite == "skip":
                 self.skipped_steps += 1
                 return
             raise NonFiniteGradientError(self._nonfinite_message())
 
+        # The step is a transaction (optimlab._transaction): everything that can refuse runs
+        # before the first tensor is written, and what changes before that is rolled back.
+        undo = StepUndo(self.state)
         writeback: list[tuple[list[Tensor], list[Tensor], bool]] = []
-        planned = None if sparse else self._planned_buckets(work)
-        if planned is None:
-            buckets, chains, groups = self._make_buckets(work, writeback)
-            token = None
-        else:
-            buckets, chains, groups = planned
-            token = self._plan.token if self._plan is not None else None
-        if not buckets:
-            return
-        scalars = [[t.prepare(g, b) for t in ch] for b, ch, g in zip(buckets, chains, groups)]
+        try:
+            planned = None if sparse else self._planned_buckets(work)
+            if planned is None:
+                prep = self._make_buckets(work, writeback, undo)
+                token = None
+            else:
+                prep = planned
+                token = self._plan.token if self._plan is not None else None
+            buckets, chains, groups = prep.buckets, prep.chains, prep.groups
+            if not buckets:
+                return
+            scalars = [[t.prepare(g, b) for t in ch] for b, ch, g in zip(buckets, chains, groups)]
+            check_scalars(buckets, chains, groups, scalars,
+                          lambda i: self._group_index(groups[i]))
+            maximize = [bool(g["maximize"]) for g in groups]
+            if planned is None:
+                self._preflight(work, buckets, chains, groups, scalars, maximize)
+            for b, ss in zip(buckets, prep.steps):
+                undo.steps.append((ss, b.step - 1))
+            if prep.host_steps:  # the counts not incremented inside the chain (see _Prepared)
+                torch._foreach_add_(prep.host_steps, 1.0)
+        except BaseException:
+            undo.rollback()
+            self._plan = None
+            raise
+        try:
+            if self.defaults.get("fused"):
+                info = self._run_compiled(buckets, chains, groups, scalars, maximize, token)
+            elif self.defaults.get("differentiable"):
+                info = run_recorded(buckets, chains, groups, scalars, maximize)
+            else:
+                info = run_chains(buckets, chains, groups, scalars, maximize)
+        except BaseException as e:
+            undo.rollback()
+            self._plan = None
+            e.add_note(PARTIAL_NOTE)
+            raise
+        self.info = info
         for b, ch, scs in zip(buckets, chains, scalars):
             for t, sc in zip(ch, scs):
                 t.host_update(b, sc)
-        maximize = [bool(g["maximize"]) for g in groups]
-        if self.defaults.get("fused"):
-            self.info = self._run_compiled(buckets, chains, groups, scalars, maximize, token)
-        elif self.defaults.get("differentiable"):
-            self.info = run_recorded(buckets, chains, groups, scalars, maximize)
-        else:
-            self.info = run_chains(buckets, chains, groups, scalars, maximize)
         for dst, src, stochastic in writeback:  # fp32 results into low-precision tensors
             if stochastic:
                 stochastic_round_(dst, src)
             else:
                 ops.copy_(dst, src)
+
+    def _group_index(self, group: Mapping[str, Any]) -> int:
+        return next(i for i, g in enumerate(self.param_groups) if g is group)
+
+    def _locate(self, p: Tensor) -> tuple[int, int]:
+        """``(group index, index in the group)`` of parameter ``p``, for messages."""
+        for gi, group in enumerate(self.param_groups):
+            for pi, q in enumerate(group["params"]):
+                if q is p:
+                    return gi, pi
+        return -1, -1
+
+    def _preflight(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]],
+                   buckets: list[Bucket], chains: list[tuple[Transform, ...]],
+                   groups: list[dict[str, Any]], scalars: list[list[dict[str, Any]]],
+                   maximize: list[bool]) -> None:
+        """Run the rules on meta tensors (optimlab._transaction.preflight) for a step whose
+        structure was not checked yet. Cached: the key is what a cached plan depends on (see
+        ``_planned_buckets``) plus each bucket's dtype and newly created states; a step that
+        takes the cached plan has a checked structure already."""
+        if self.defaults.get("differentiable") or not can_preflight(buckets):
+            return  # the recorded step writes nothing before its rules ran; see can_preflight
+        key = (self._plan_version, self._work_key(work), id(self.state), self._mutations.n,
+               tuple((b.params[0].dtype, b.new_keys, len(b.params)) for b in buckets))
+        if key == self._preflighted:
+            return
+        preflight(run_chains, buckets, chains, groups, scalars, maximize)
+        self._preflighted = key
 
     def _check_sparse(self, gi: int, group: Mapping[str, Any]) -> None:
         """Refuse sparse gradients where they are not supported, naming the parameter."""
@@ -456,69 +565,49 @@ class ChainOptimizer(Optimizer):
                         "parameters, gradients, states and lr only: pass a number or a "
                         "tensor without requires_grad")
 
-    def _grads_finite(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
-                      ) -> bool:
-        per_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
-        for _, _, gs in work:
-            for g in gs:
-                if g.device.type != "meta":  # shapes without data (a model not materialized)
-                    per_kind[(g.device, g.dtype)].append(g._values() if g.is_sparse else g)
-        flags = []
-        for (device, dtype), grads in per_kind.items():
-            # A sum (or 2-norm) is finite iff every entry is, short of overflow by entries of
-            # ~1e34 (~1e19 for the norm), which no update survives anyway. Half types
-            # accumulate in fp32. One read of the gradients and one host sync per step. On CPU
-            # per-tensor sums are the fastest exact check (12M params: 0.75 ms, foreach 2-norm
-            # 1.4 ms, foreach max-norm 100 ms); on GPUs the foreach norm is one fused kernel.
-            acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
-            if device.type == "cpu":
-                sums = [g.sum(dtype=acc) for g in grads]
-            elif acc is not None:
-                sums = [torch.linalg.vector_norm(g, dtype=acc) for g in grads]
-            else:
-                sums = list(torch._foreach_norm(grads))
-            flags.append(torch.stack(sums).isfinite().all())
-        return all(bool(f) for f in flags)
-
     def _nonfinite_message(self) -> str:
-        for gi, group in enumerate(self.param_groups):
-            for pi, p in enumerate(group["params"]):
-                g = p.grad
-                if g is not None and not bool(torch.isfinite(
-                        g._values() if g.is_sparse else g).all()):
-                    return (f"non-finite gradient (inf or NaN) in param group {gi}, parameter "
-                            f"{pi} (shape {tuple(p.shape)}); the step was not taken. Use "
-                            "nonfinite='skip' to skip such steps, or lower the learning rate")
-        return ("gradient entries too large to sum (overflow beyond ~1e34); the step was not "
-                "taken")
+        return nonfinite_message(self.param_groups)
 
     def _make_buckets(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]],
-                      writeback: list[tuple[list[Tensor], list[Tensor], bool]] | None = None
-                      ) -> tuple[list[Bucket], list[tuple[Transform, ...]], list[dict[str, Any]]]:
+                      writeback: list[tuple[list[Tensor], list[Tensor], bool]],
+                      undo: StepUndo) -> _Prepared:
         """Group parameters into buckets; low-precision buckets under ``master_weights`` /
         ``stochastic_rounding`` get fp32 tensors and append ``(dst, src, stochastic)`` pairs
-        to ``writeback`` for the caller to copy back after the rules ran."""
+        to ``writeback`` for the caller to copy back after the rules ran.
+
+        Checks each gradient and each state tensor the rules will update against its
+        parameter, and records in ``undo`` the state entries it creates or replaces; it
+        increments no step count (the caller does, once every check passed)."""
         master = self.master_weights
         buckets: list[Bucket] = []
         chains: list[tuple[Transform, ...]] = []
         groups: list[dict[str, Any]] = []
-        n_writeback = len(writeback) if writeback is not None else 0
+        bucket_steps: list[list[Tensor]] = []
+        n_writeback = len(writeback)
         entries: list[_PlanEntry] = []
         for wi, (group, ps, gs) in enumerate(work):
             if not ps:
                 continue
             chain_ = self.transforms_for(group)
             needed = [t.needed_state(group) for t in chain_]
+            keys_all = [k for keys in needed for k in keys]
             new_keys: dict[int, set[str]] = defaultdict(set)
             steps = []
-            for p in ps:
+            for p, g in zip(ps, gs):
+                if (g.shape != p.shape or g.dtype != p.dtype or g.device != p.device
+                        or g.layout not in (torch.strided, torch.sparse_coo)):
+                    check_grad(p, g, *self._locate(p))
+                if p not in self.state:
+                    undo.new_params.append(p)
                 st = self.state[p]
                 if "step" not in st:
                     st["step"] = torch.tensor(0.0, dtype=scalar_dtype())
+                    undo.created.append((st, "step"))
                 like = p
                 if master and p.dtype in LOW_PRECISION:
                     if "master_param" not in st:
                         st["master_param"] = p.detach().to(torch.float32, copy=True)
+                        undo.created.append((st, "master_param"))
                     like = st["master_param"]  # the rules' states are made fp32 too
                 for t, keys in zip(chain_, needed):
                     if keys and any(k not in st for k in keys):
@@ -526,22 +615,25 @@ class ChainOptimizer(Optimizer):
                             if k not in st:
                                 st[k] = (v.to(self.state_dtype) if self._stored_low(p, v)
                                          else v)
+                                undo.created.append((st, k))
                                 new_keys[id(p)].add(k)
+                for k in ("step", *keys_all):
+                    v = st[k]
+                    if not isinstance(v, Tensor) or (v.dim() != 0 and v.shape != like.shape):
+                        check_state_tensor(p, like, k, v, *self._locate(p))
                 steps.append(st["step"])
             # CPU step counts are incremented by the chain itself (inside the compiled kernel on
-            # the fused path, where 0-dim CPU tensors otherwise cost a dispatch each).
+            # the fused path, where 0-dim CPU tensors otherwise cost a dispatch each); the
+            # others by the host, once the step's checks passed.
             later = all(p.device.type == "cpu" for p in ps) and all(
                 s.device.type == "cpu" for s in steps)
-            if not later:
-                torch._foreach_add_(steps, 1.0)
-            keys_all = [k for keys in needed for k in keys]
             # foreach=False steps one tensor at a time (lower peak memory); fused=True wins over
             # it, as in torch.optim, which accepts the pair.
             single = group.get("foreach") is False and not group.get("fused")
             split: dict[Any, list[int]] = defaultdict(list)
             for i, (p, s) in enumerate(zip(ps, steps)):
                 alone = single or gs[i].is_sparse  # a bucket of its own
-                key = (p.device, p.dtype, int(s.item()) + later,
+                key = (p.device, p.dtype, int(s.item()) + 1,
                        frozenset(new_keys.get(id(p), ())), i if alone else None)
                 split[key].append(i)
             for key, idx in split.items():
@@ -550,7 +642,7 @@ class ChainOptimizer(Optimizer):
                 grads = [gs[i] for i in idx]
                 state = {k: [self.state[p][k] for p in params] for k in keys_all}
                 if dtype in LOW_PRECISION and (master or self.stochastic_rounding):
-                    params, grads, state = self._to_fp32(params, grads, state, writeback)
+                    params, grads, state = self._to_fp32(params, grads, state, writeback, undo)
                 if dtype.is_complex:
                     params, grads = _as_real(params), _as_real(grads)
                     state = {k: _as_real(v) for k, v in state.items()}
@@ -560,19 +652,21 @@ class ChainOptimizer(Optimizer):
                 stored = {k: vs for k, vs in state.items()
                           if vs and vs[0].dtype == torch.bfloat16
                           and dtype in (torch.float32, torch.float64)}
+                counts = [steps[i] for i in idx]
                 buckets.append(Bucket(params, grads, state, step, fresh, stored,
-                                      _rounding_seed(step),
-                                      [steps[i] for i in idx] if later else [],
+                                      _rounding_seed(step), counts if later else [],
                                       sparse=grads[0].is_sparse))
                 chains.append(chain_)
                 groups.append(group)
+                bucket_steps.append(counts)
                 entries.append(_PlanEntry(wi, idx, params, state, stored, dtype.is_complex,
-                                          [steps[i] for i in idx], later))
+                                          counts, later, [_LAYOUT(ps[i]) for i in idx]))
         fresh_any = any(b.new_keys for b in buckets)
-        lowp = writeback is not None and len(writeback) > n_writeback
+        lowp = len(writeback) > n_writeback
         uncached = fresh_any or lowp or not buckets or any(b.sparse for b in buckets)
         self._plan = None if uncached else self._new_plan(work, entries)
-        return buckets, chains, groups
+        host_steps = [s for b, ss in zip(buckets, bucket_steps) if not b.steps for s in ss]
+        return _Prepared(buckets, chains, groups, bucket_steps, host_steps)
 
     # ----- the cached bucket plan ------------------------------------------------------------
     def _work_key(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
@@ -589,8 +683,7 @@ class ChainOptimizer(Optimizer):
                      (self.state, self._mutations.n), host_steps, entries)
 
     def _planned_buckets(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
-                         ) -> tuple[list[Bucket], list[tuple[Transform, ...]],
-                                    list[dict[str, Any]]] | None:
+                         ) -> _Prepared | None:
         """The buckets of the cached plan, if this step has the plan's structure: the same
         groups, parameters with gradients, rules and needed states, and no state entry changed
         (``optimizer.state`` counts its mutations: :mod:`optimlab._state`). Steady-state
@@ -604,26 +697,30 @@ class ChainOptimizer(Optimizer):
         state, mutations = plan.state
         if self.state is not state or self._mutations.n != mutations:
             return None  # a state entry was set, replaced or deleted since
-        if plan.host_steps:  # as in _make_buckets
-            torch._foreach_add_(plan.host_steps, 1.0)
         buckets, chains, groups = [], [], []
         for e in plan.entries:
-            group, _, gs = work[e.work_index]
+            group, ps, gs = work[e.work_index]
             grads = [gs[i] for i in e.idx]
-            step = int(e.steps[0].item()) + e.deferred
+            # The gradients, and the parameters (``p.data = ...`` keeps the object), must
+            # still have the layouts the plan's states were checked against; if not, the
+            # full path checks them and names what changed.
+            if (list(map(_LAYOUT, grads)) != e.metas
+                    or list(map(_LAYOUT, [ps[i] for i in e.idx])) != e.metas):
+                return None
+            step = int(e.steps[0].item()) + 1
             buckets.append(Bucket(e.params, _as_real(grads) if e.complex else grads,
                                   dict(e.state), step, frozenset(), dict(e.stored),
                                   _rounding_seed(step), e.steps if e.deferred else []))
             chains.append(self.transforms_for(group))
             groups.append(group)
-        return buckets, chains, groups
+        return _Prepared(buckets, chains, groups, [e.steps for e in plan.entries],
+                         plan.host_steps)
 
     def _to_fp32(self, params: list[Tensor], grads: list[Tensor], state: dict[str, list[Tensor]],
-                 writeback: list[tuple[list[Tensor], list[Tensor], bool]] | None
+                 writeback: list[tuple[list[Tensor], list[Tensor], bool]], undo: StepUndo
                  ) -> tuple[list[Tensor], list[Tensor], dict[str, list[Tensor]]]:
-        """fp32 tensors for a low-precision bucket, and what to write back after the step."""
-        if writeback is None:
-            raise RuntimeError("low-precision buckets need a writeback list")
+        """fp32 tensors for a low-precision bucket, and what to write back after the step
+        (states replaced by fp32 copies are recorded in ``undo``)."""
         grads32 = [g.to(torch.float32) for g in grads]
         if self.master_weights:
             masters = [self.state[p]["master_param"] for p in params]
@@ -632,6 +729,7 @@ class ChainOptimizer(Optimizer):
                 if any(v.dtype in LOW_PRECISION for v in vs):
                     vs[:] = [v.to(torch.float32) for v in vs]
                     for p, v in zip(params, vs):
+                        undo.replaced.append((self.state[p], k, self.state[p][k]))
                         self.state[p][k] = v
             return masters, grads32, state
         params32 = [p.detach().to(torch.float32) for p in params]
@@ -666,6 +764,20 @@ class _PlanEntry:
     complex: bool
     steps: list[Tensor]  # the step counts (all equal)
     deferred: bool  # the chain increments them (CPU), not the host before the step
+    metas: list[tuple[Any, ...]]  # (shape, dtype, device) of each parameter, as checked
+
+
+@dataclass
+class _Prepared:
+    """A step's buckets, with the rules, group and step-count tensors of each bucket; the
+    counts the host increments (``host_steps``: not CPU ones, which the chain increments,
+    those listed in ``Bucket.steps``)."""
+
+    buckets: list[Bucket]
+    chains: list[tuple[Transform, ...]]
+    groups: list[dict[str, Any]]
+    steps: list[list[Tensor]]
+    host_steps: list[Tensor]
 
 @dataclass
 class _Plan:

@@ -160,11 +160,20 @@ class Lookahead(Optimizer):
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         check_range("k", k, low=1)
         check_range("alpha", alpha, low=0.0, high=1.0, high_open=False)
+        step = la["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"lookahead step must be an integer >= 0, got {step!r}")
         params = self._params()
-        for i in la["state"]:
-            if not 0 <= int(i) < len(params):
-                raise ValueError(f"state_dict has slow weights for parameter {i}, but the "
+        for i, st in la["state"].items():
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(params):
+                raise ValueError(f"state_dict has slow weights for parameter {i!r}, but the "
                                  f"optimizer has {len(params)} parameters")
+            slow = st.get("slow_param") if isinstance(st, dict) else None
+            if not isinstance(slow, Tensor) or slow.shape != params[i].shape:
+                got = tuple(slow.shape) if isinstance(slow, Tensor) else type(slow).__name__
+                raise ValueError(f"the slow weights of parameter {i} must be a tensor of "
+                                 f"shape {tuple(params[i].shape)}, got {got}")
+        # everything checked: the inner optimizer's load (checked too) is the last refusal
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self.k, self.alpha, self.lookahead_step = k, float(alpha), int(la["step"])
         self.state = defaultdict(dict)

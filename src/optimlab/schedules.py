@@ -598,16 +598,42 @@ class ScheduledLR(LRScheduler):
             raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
         self.schedules = _per_group(schedule, len(optimizer.param_groups))
         last_epoch = _check_last_epoch(last_epoch)
-        for group in optimizer.param_groups:  # torch's base class needs it to resume
-            group.setdefault("initial_lr", group["lr"])
-        super().__init__(optimizer, last_epoch)
+        added = [g for g in optimizer.param_groups if "initial_lr" not in g]
+        for group in added:  # torch's base class needs it to resume
+            group["initial_lr"] = group["lr"]
+        try:
+            super().__init__(optimizer, last_epoch)  # sets the first learning rates
+        except ValueError:
+            for group in added:
+                del group["initial_lr"]
+            raise
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
-        """The values at ``last_epoch``, one per group."""
+        """The values at ``last_epoch``, one per group.
+
+        Raises ``ValueError`` (before any group changes) if a schedule gives a value that is
+        not a learning rate: negative, inf or NaN.
+        """
         if len(self.schedules) != len(self.optimizer.param_groups):
             raise ValueError(f"schedule: {len(self.schedules)} schedules for "
                              f"{len(self.optimizer.param_groups)} param groups")
-        return [float(s(self.last_epoch)) for s in self.schedules]
+        values = [float(s(self.last_epoch)) for s in self.schedules]
+        for i, v in enumerate(values):
+            if not (math.isfinite(v) and v >= 0):
+                which = "schedule" if len(self.schedules) == 1 else f"schedule[{i}]"
+                raise ValueError(f"{which} gives lr = {v!r} at step {self.last_epoch}: a "
+                                 "learning rate must be a finite number >= 0")
+        return values
+
+    def step(self, epoch: int | None = None) -> None:
+        """Advance one step (torch's ``LRScheduler.step``); a refused value (see
+        :meth:`get_lr`) leaves the scheduler and the groups as they were."""
+        last, count = self.last_epoch, self._step_count
+        try:
+            super().step(epoch)
+        except ValueError:
+            self.last_epoch, self._step_count = last, count
+            raise
 
     _get_closed_form_lr = get_lr  # schedules are closed forms: step(epoch) is exact too
 
@@ -707,13 +733,46 @@ class ScheduledHyperparameter:
         return [float(s(self.last_epoch)) for s in self.schedules]
 
     def step(self) -> None:
-        """Advance one step and write the new values into the groups."""
-        self._step_count += 1
+        """Advance one step and write the new values into the groups.
+
+        Every value is checked first: it must be finite, and, for optimlab's optimizers, pass
+        the checks the optimizer makes of that hyperparameter (``momentum`` in ``[0, 1]``, ...).
+        A refused value raises ``ValueError`` naming the group and the step, and leaves the
+        scheduler and the groups as they were.
+        """
         self.last_epoch += 1
-        values = self.get_value()
+        try:
+            values = self.get_value()
+            self._check_values(values)
+        except ValueError:
+            self.last_epoch -= 1
+            raise
+        self._step_count += 1
         for group, v in zip(self.optimizer.param_groups, values):
             _write(group, self.key, self.index, v)
         self._last_values = values
+
+    def _check_values(self, values: list[float]) -> None:
+        validate = getattr(self.optimizer, "_validate_settings", None)  # optimlab's optimizers
+        for i, (group, v) in enumerate(zip(self.optimizer.param_groups, values)):
+            name = self.key if self.index is None else f"{self.key}[{self.index}]"
+            if not math.isfinite(v):
+                raise ValueError(f"schedule gives {name} = {v!r} for param group {i} at step "
+                                 f"{self.last_epoch}: a hyperparameter must be finite")
+            if validate is None:
+                continue
+            candidate = dict(group)
+            if self.index is None:
+                candidate[self.key] = v
+            else:
+                elems = list(group[self.key])
+                elems[self.index] = v
+                candidate[self.key] = type(group[self.key])(elems)
+            try:
+                validate(candidate)
+            except ValueError as e:
+                raise ValueError(f"schedule gives {name} = {v!r} for param group {i} at step "
+                                 f"{self.last_epoch}, which the optimizer refuses: {e}") from None
 
     def get_last_value(self) -> list[float]:
         """The values most recently written, one per group."""

@@ -82,6 +82,8 @@ class SGD(_Named):
     batches of different sizes. Rules: ``add_l2 -> trace -> scale_by_learning_rate``.
     """
 
+    algorithm = "SGD"
+
     _capturable_group_key = False
     supports_sparse_grads = True
 
@@ -106,6 +108,8 @@ class SGD(_Named):
 
 class Adagrad(_Named):
     """AdaGrad. Rules: ``add_l2 -> scale_by_adagrad -> scale_by_inverse_time_decay -> lr``."""
+
+    algorithm = "Adagrad"
 
     _capturable_group_key = False
     supports_sparse_grads = True
@@ -133,6 +137,8 @@ class Adagrad(_Named):
 class RMSprop(_Named):
     """RMSprop, plain or centered, with momentum. Rules: ``add_l2 -> scale_by_rms -> trace ->
     lr`` (the trace has no dampening and no Nesterov term, as in torch.optim.RMSprop)."""
+
+    algorithm = "RMSprop"
 
     _fused_group_key = False
 
@@ -176,6 +182,8 @@ class Adam(_DecayChoice):
     Rules: ``add_l2 -> scale_by_adam -> lr``, or ``scale_by_adam -> add_decayed_weights -> lr``.
     """
 
+    algorithm = "Adam"
+
     _chains = _decay_placement(ScaleByAdam(betas=_BETAS, eps=1e-8, amsgrad=False))
 
     def __init__(self, params: Params, lr: float | Tensor = 1e-3,
@@ -202,7 +210,11 @@ class Adam(_DecayChoice):
 
 
 class AdamW(Adam):
-    """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay (default 1e-2)."""
+    """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay (default 1e-2).
+
+    Its ``algorithm`` is Adam's: Adam and AdamW load each other's state dicts (as
+    torch.optim's do), and an AdamW stays decoupled whatever it loads.
+    """
 
     def __init__(self, params: Params, lr: float | Tensor = 1e-3,
                  betas: tuple[float | Tensor, float | Tensor] = _BETAS, eps: float = 1e-8,
@@ -233,6 +245,8 @@ class AdamW(Adam):
 class NAdam(_DecayChoice):
     """NAdam (Dozat, 2016), with torch.optim's momentum decay and optional decoupled decay."""
 
+    algorithm = "NAdam"
+
     _fused_group_key = False
 
     _chains = _decay_placement(ScaleByNAdam(betas=_BETAS, eps=1e-8, momentum_decay=4e-3))
@@ -259,6 +273,8 @@ class NAdam(_DecayChoice):
 class RAdam(_DecayChoice):
     """RAdam (Liu et al., 2020), with optional decoupled weight decay."""
 
+    algorithm = "RAdam"
+
     _fused_group_key = False
 
     _chains = _decay_placement(ScaleByRAdam(betas=_BETAS, eps=1e-8))
@@ -284,6 +300,8 @@ class RAdam(_DecayChoice):
 class Adadelta(_Named):
     """Adadelta (Zeiler, 2012). Rules: ``add_l2 -> scale_by_adadelta -> lr`` (lr=1.0)."""
 
+    algorithm = "Adadelta"
+
     _fused_group_key = False
 
     _chain = (_WD, ScaleByAdadelta(rho=0.9, eps=1e-6), _LR)
@@ -305,6 +323,8 @@ class Adadelta(_Named):
 
 class Adamax(_Named):
     """Adamax (Kingma & Ba, 2015). Rules: ``add_l2 -> scale_by_adamax -> lr``."""
+
+    algorithm = "Adamax"
 
     _fused_group_key = False
 

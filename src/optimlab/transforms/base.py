@@ -18,11 +18,21 @@ Every step has two phases, so that the same rule runs eagerly and under ``torch.
     be the ``.grad`` tensors themselves); it may update its own state tensors in place.
 
 Transforms hold no tensors and no mutable state, so one instance may serve many optimizers.
+
+A step is a transaction (see :class:`optimlab.chain.ChainOptimizer`): it applies completely or
+raises with the parameters and states as they were. A rule keeps that promise by raising only
+where nothing has changed yet: in :meth:`Transform.validate`, :meth:`~Transform.init_state`,
+:meth:`~Transform.needed_state` and :meth:`~Transform.prepare` (refuse there, naming the key).
+``apply``, ``global_stat`` and ``after_step`` update tensors in place and must not raise for
+inputs that passed those; the chain runs them once on ``meta`` tensors (shapes and dtypes, no
+data) whenever the step's structure is new, so that one that refuses a shape or a dtype does
+so before anything changed.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,18 +86,29 @@ def check_range(
     high: float | None = None,
     low_open: bool = False,
     high_open: bool = True,
+    finite: bool = True,
 ) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``low <(=) value <(=) high``."""
+    """Raise ``ValueError`` naming ``name`` unless ``low <(=) value <(=) high``.
+
+    NaN is always refused, and so are ``inf`` and ``-inf`` unless ``finite=False`` (only
+    settings where infinity means something, such as the max-norm ``norm_type=inf``): an
+    infinite learning rate or decay passes an open-ended range but turns the parameters into
+    inf or NaN at the first step. The message for a non-finite value follows torch.optim's
+    (``Invalid lr: inf (...)``); for a finite value out of range it states the range.
+    """
     if isinstance(value, Tensor):
         value = _tensor_number(name, value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}")
     v = float(value)
+    lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+    hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+    if v != v or (finite and not math.isfinite(v)):
+        what = "a finite number" if finite else "a number"
+        raise ValueError(f"Invalid {name}: {value!r} ({name} must be {what} in {lo}, {hi})")
     lo_ok = low is None or (v > low if low_open else v >= low)
     hi_ok = high is None or (v < high if high_open else v <= high)
-    if v != v or not (lo_ok and hi_ok):
-        lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
-        hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+    if not (lo_ok and hi_ok):
         raise ValueError(f"{name} must be in {lo}, {hi}, got {value!r}")
 
 
@@ -204,8 +225,9 @@ class Transform:
 
     def host_update(self, b: Bucket, sc: Mapping[str, Any]) -> None:
         """Update this rule's host-side state (scalar tensors on the CPU, such as NAdam's
-        ``mu_product``) for the step; runs after :meth:`prepare` and before :meth:`apply`,
-        outside any compiled code, on both paths."""
+        ``mu_product``) for the step, with the scalars :meth:`prepare` computed from the old
+        values; runs once the update was applied (so a step that fails leaves it as it was),
+        outside any compiled code, on both paths. :meth:`apply` must not read it."""
 
     def after_step(self, b: Bucket, sc: Mapping[str, Any]) -> None:
         """Act on the parameters after the update was added (proximal steps)."""

@@ -30,7 +30,7 @@ class ClipByGlobalNorm(Transform):
         check_range(self.hk("max_norm"), self.hp(group, "max_norm"), low=0.0, high=None,
                     low_open=True)
         check_range(self.hk("norm_type"), self.hp(group, "norm_type"), low=0.0, high=None,
-                    low_open=True, high_open=False)
+                    low_open=True, high_open=False, finite=False)  # inf: the max-norm
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
         return {"max_norm": float(self.hp(group, "max_norm"))}
