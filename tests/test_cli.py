@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import optimlab
+from optimlab._interrupts import Interrupted
 from optimlab.cli import main
+from optimlab.lab.pool import WorkerDied
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +53,7 @@ def test_help_says_what_the_ranking_means() -> None:
     assert "at least 8" in _cli("tune", "--help").stdout
 
 
+@pytest.mark.slow  # two gru-charlm studies: 15-20 s on 2 cores
 def test_clipping_from_the_command_line_is_in_the_run_key(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from optimlab.lab.store import open_store
@@ -282,3 +289,118 @@ def test_tune_then_report_shows_the_tuning(tmp_path: Path) -> None:
                  "--steps", "100", "--batch-size", "full", "--workers", "1", "--name", "tq",
                  "--store", db, "--no-report", cwd=tmp_path)
     assert again.returncode == 0 and "16 of 16 trials already stored" in again.stderr
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_help_documents_the_exit_status() -> None:
+    for command in ("compare", "tune"):
+        out = _cli(command, "--help").stdout
+        assert "exit status:" in out
+        for code in ("0 ", "3 ", "2 ", "1 ", "130"):
+            assert f"\n  {code}" in out, (command, code)
+        assert "143 by SIGTERM" in out and "129 by SIGHUP" in out
+
+
+def _one_error(err: str) -> str:
+    """The error line of a command's stderr, checking it is one line and a hint."""
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    errors = [i for i, line in enumerate(lines) if line.startswith("optimlab: error:")]
+    assert errors == [len(lines) - 2] and lines[-1].strip().startswith("hint:"), err
+    return lines[-2]
+
+
+@pytest.mark.parametrize("args", [
+    ["compare", "--tasks", "quadratic", "--optimizers", "sgd", "--steps", "5", "--seeds", "1"],
+    ["run", "--task", "quadratic", "--optimizer", "sgd", "--steps", "5"],
+    ["tune", "--tasks", "quadratic", "--optimizers", "sgd", "--trials", "8", "--steps", "5"],
+    ["report", "--study", "x"],
+    ["report"],
+])
+def test_a_store_fault_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
+                                             capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    assert main([*args, "--store", f"sqlite:///{junk}"]) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert "junk.db" in line or "database" in line
+    assert junk.read_bytes() == b"this is not a database" * 100  # nothing written
+
+
+def test_an_unwritable_report_folder_is_one_line_and_the_runs_are_stored(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from optimlab.lab.store import open_store
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    code = main(["compare", "--tasks", "quadratic", "--optimizers", "sgd", "--steps", "5",
+                 "--seeds", "1", "--workers", "1", "--name", "ro", "--store", db,
+                 "--out", str(blocker / "report")])
+    assert code == 2
+    line = _one_error(capsys.readouterr().err)
+    assert "cannot write the report to" in line
+    with open_store(db) as store:
+        assert len(store.study_records("ro")) == 1  # the run was stored before the report
+
+
+def test_a_failed_run_exits_3_with_its_error(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from faultutil import TASK, write_fault_task
+
+    monkeypatch.syspath_prepend(str(write_fault_task(tmp_path)))
+    monkeypatch.setenv("OPTIMLAB_ALLOW_IMPORT", "faultpkg")
+    code = main(["run", "--task", TASK, "--optimizer", "sgd", "--steps", "5",
+                 "--task-option", "fail_seed=0", "--store", f"sqlite:///{tmp_path / 'r.db'}"])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert "failed - task setup: RuntimeError: setup failed for seed 0" in captured.out
+    assert "1 of 1 runs failed" in captured.err and "Traceback" not in captured.err
+
+
+def _raising(error: BaseException) -> Any:
+    def command(args: Any) -> int:
+        raise error
+    return command
+
+
+@pytest.mark.parametrize("error,status,needle", [
+    (sqlite3.OperationalError("database is locked"), 2, "the database failed"),
+    (WorkerDied(-9), 1, "a worker process was lost: worker process died: signal 9"),
+    (KeyboardInterrupt(), 130, "interrupted (Ctrl-C)"),
+    (Interrupted(signal.SIGHUP), 129, "interrupted by SIGHUP"),
+])
+def test_faults_outside_the_runs_are_one_line_with_their_status(
+        error: BaseException, status: int, needle: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import optimlab.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "_cmd_compare", _raising(error))
+    assert main(["compare", "--store", f"sqlite:///{tmp_path / 'r.db'}"]) == status
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err
+    assert "run the same command again to resume" in err
+
+
+def test_sigterm_during_a_command_exits_143_and_restores_the_handler(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import optimlab.cli as cli_module
+
+    def command(args: Any) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)  # interrupted at once by the handler
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli_module, "_cmd_compare", command)
+    assert main(["compare", "--store", f"sqlite:///{tmp_path / 'r.db'}"]) == 143
+    assert "interrupted by SIGTERM" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faultutil import stored_runs
 from labutil import stable
 
 from optimlab.lab.execution import InlineExecutor, execute_all, interleave
@@ -272,10 +272,15 @@ def test_a_study_resumes_and_a_diverging_run_does_not_stop_it(tmp_path: Path) ->
     assert status["adam", 1] == "ok"
     again = run_study(spec, store, executor=InlineExecutor())
     assert (again.skipped, again.executed) == (6, 0)
-    bigger = run_study(_spec(hyperparams={"sgd": {"lr": [0.01, 1.0]}}, seeds=3,
-                             heldout_seeds=0), store, executor=InlineExecutor())
+    # more seeds is another spec: refused under the same name, ...
+    more = {"hyperparams": {"sgd": {"lr": [0.01, 1.0]}}, "seeds": 3, "heldout_seeds": 0}
+    with pytest.raises(StoreError, match=r"study 's' .*another spec \(seeds: \[0, 1\] there, "
+                                         r"\[0, 1, 2\] now\).*--name NEW.*--replace"):
+        run_study(_spec(**more), store, executor=InlineExecutor())
+    # ... and under a new name it reuses the stored runs (runs are shared by key)
+    bigger = run_study(_spec(name="s3", **more), store, executor=InlineExecutor())
     assert (bigger.skipped, bigger.executed) == (6, 3)
-    assert len(store.study_records("s")) == 9
+    assert len(store.study_records("s3")) == 9 and len(store.study_records("s")) == 6
 
 
 def test_heldout_seeds_rerun_each_optimizers_best_arm(tmp_path: Path) -> None:
@@ -381,17 +386,6 @@ def _compare_cmd(db: Path) -> list[str]:
             "--store", f"sqlite:///{db}"]
 
 
-def _count(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(db, timeout=5)
-        try:
-            return con.execute("SELECT COUNT(*) FROM optimlab_runs").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
 
 
 @pytest.mark.slow
@@ -402,11 +396,11 @@ def test_a_study_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_runs(
     proc = subprocess.Popen(_compare_cmd(killed_db), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     deadline = time.time() + 120
-    while _count(killed_db) < 3 and time.time() < deadline and proc.poll() is None:
+    while stored_runs(killed_db) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    at_kill = _count(killed_db)
+    at_kill = stored_runs(killed_db)
     assert 3 <= at_kill < 18, "the study must be killed mid-way for this test to mean anything"
 
     resumed = subprocess.run(_compare_cmd(killed_db), capture_output=True, text=True,

@@ -4,6 +4,13 @@ Every command prints one clear error line (plus a hint) and exits with status 2 
 usage errors caught by argparse included; no traceback reaches the user for anything they can
 fix. torch and the lab are imported by the commands that use them, so ``--help`` and
 ``--version`` answer at once.
+
+The exit status says whether every run succeeded (:data:`EXIT_STATUS`): 0 all finished (``ok``
+or ``diverged``: divergence is a result), 3 some runs failed (recorded with their errors; the
+report is still written), 2 bad input or a store fault (one line), 1 stopped by a fault outside
+the runs (a worker process lost for good, a bug of ours: one line), and 130 / 143 / 129 when
+interrupted by SIGINT / SIGTERM / SIGHUP, which all stop the same way: nothing more starts, the
+runs that finished are stored, the workers are stopped, and a line says how to resume.
 """
 
 from __future__ import annotations
@@ -33,6 +40,16 @@ RANKING = """ranking:
   measured timing noise). Deterministic runs (full batch on a task the seed does not change)
   run one seed."""
 
+#: What the exit status says (shown by --help of the commands that run things).
+EXIT_STATUS = """exit status:
+  0    every run (tuning trial) finished: ok, diverged or pruned (results, not faults)
+  3    some runs or trials failed (an error in the task or the optimizer, or a worker
+       process that died twice); they are stored with their errors, the report is written
+  2    bad input, or a results-store fault (one line saying what to do)
+  1    stopped by another fault (one line); finished runs are stored
+  130  interrupted by Ctrl-C (SIGINT), 143 by SIGTERM, 129 by SIGHUP: finished runs are
+       stored, the workers stopped; run the same command again to resume"""
+
 EXAMPLES = {
     "main": """examples:
   optimlab compare                      # the default comparison (about 40 s on 2 cores)
@@ -45,7 +62,10 @@ EXAMPLES = {
   optimlab run --task rosenbrock --optimizer adam --lr 0.05
   optimlab run --task mlp-digits --optimizer sgd --lr 0.1 --hp momentum=0.9 --batch-size 64
   optimlab run --task mlp-digits --task-option depth=4 --task-option init=he --optimizer adamw
-  optimlab run --task mypkg.tasks:make_task --optimizer adam --steps 200""",
+  optimlab run --task mypkg.tasks:make_task --optimizer adam --steps 200 --allow-import mypkg
+
+A task or optimizer named by import path is imported only from a package you allow
+(--allow-import PKG or OPTIMLAB_ALLOW_IMPORT=PKG): names in files are data, not code.""",
     "compare": """examples:
   optimlab compare                                   # 7 classic optimizers x 4 tasks x 3 seeds
   optimlab compare --tasks mlp-digits --optimizers sgd,adam --batch-size full,1,32
@@ -61,7 +81,7 @@ A study is resumable: run the same command again and finished runs are skipped. 
 study sweeps a hyperparameter, each optimizer's best arm per task is re-run on fresh
 (held-out) seeds as "<optimizer> best" (--heldout-seeds; 0 turns it off).
 
-""" + RANKING,
+""" + RANKING + "\n\n" + EXIT_STATUS,
     "report": """examples:
   optimlab report                          # list the studies in the store
   optimlab report --study default          # write its report to optimlab-results/default/
@@ -83,10 +103,13 @@ Every optimizer gets the same number of trials of the same length (an equal budg
 8 trials: the first 8 cover the search range evenly); trials minimize the ranking objective
 (work to target, then the final target metric), so that tuning selects what the ranking
 rewards. The best configuration of each optimizer is re-run on --seeds held-out seeds as
-"<optimizer> best". Running the same command again resumes the tuning.""",
+"<optimizer> best". Running the same command again resumes the tuning.
+
+""" + EXIT_STATUS,
     "advise": """examples:
   optimlab advise --task mlp-digits --budget 5
-  optimlab advise --task mypkg.tasks:make_task --budget 30 --optimizers sgd,adam,adamw
+  optimlab advise --task mypkg.tasks:make_task --budget 30 --optimizers sgd,adam,adamw \\
+      --allow-import mypkg
   optimlab advise --no-compute              # rules from the lab's recorded results
   optimlab advise --distill default --evidence-out evidence.json   # evidence of a study
 
@@ -130,7 +153,8 @@ def _list(what: str = "all") -> str:
         lines.append("Optimizers (the lab's names; classes are drop-in torch.optim optimizers):")
         for name, opt in LAB_OPTIMIZERS.items():
             lines.append(f"  {name:<10} optimlab.{opt.cls.__name__:<9} {opt.description}")
-        lines.append("  (any torch.optim.Optimizer class as 'package.module:Class')")
+        lines.append("  (any torch.optim.Optimizer class as 'package.module:Class', with "
+                     "--allow-import package)")
         lines.append("")
     if what in ("all", "transforms"):
         lines.append("Transforms (compose with optimlab.chain):")
@@ -140,7 +164,8 @@ def _list(what: str = "all") -> str:
                 lines.append(f"  {name:<28} {_first_line(obj)}")
         lines.append("")
     if what in ("all", "tasks"):
-        lines.append("Tasks (user tasks as 'package.module:factory'):")
+        lines.append("Tasks (user tasks as 'package.module:factory', with --allow-import "
+                     "package):")
         for name, factory in sorted(TASKS.items()):
             try:
                 info = factory().info
@@ -211,7 +236,7 @@ def _store(url: str | None) -> Any:
     return open_store(url)
 
 
-def _execute_study(spec: Any, store: Any, workers: int | None) -> Any:
+def _execute_study(spec: Any, store: Any, workers: int | None, replace: bool = False) -> Any:
     from .lab.progress import Progress
     from .lab.study import InlineExecutor, ProcessExecutor, count_runs, plan, plan_notes, run_study
 
@@ -232,13 +257,15 @@ def _execute_study(spec: Any, store: Any, workers: int | None) -> Any:
         bar.update(count, f"{record.label} on {record.task} seed {record.seed}: "
                           f"{record.status}")
 
+    shared = {"progress": progress, "replace": replace, "message": bar.message}
     if workers is None:  # run_study's choice: a pool on every core when it helps
-        return run_study(spec, store, progress=progress)
+        return run_study(spec, store, **shared)
     with (InlineExecutor() if workers == 1 else ProcessExecutor(workers)) as executor:
-        return run_study(spec, store, executor=executor, progress=progress)
+        return run_study(spec, store, executor=executor, **shared)
 
 
-def _write_report(store: Any, name: str, out: Path | None, *, quiet: bool = False) -> Path:
+def _write_report(store: Any, name: str, out: Path | None, *, quiet: bool = False,
+                  storage: str | None = None) -> Path:
     from .lab.environment import environment
     from .lab.progress import Progress
     from .lab.report import summary_table, write_report
@@ -251,13 +278,25 @@ def _write_report(store: Any, name: str, out: Path | None, *, quiet: bool = Fals
     out = out or Path("optimlab-results") / _safe_dirname(name)
     bar = Progress(1, "report")
     from .lab.tune import tuning_for_study
-    index = write_report(records, out, title=f"optimlab: {name}", study=spec,
-                         environment=environment(), tuning=tuning_for_study(store, name),
-                         progress=None if quiet else (lambda m: bar.message(f"report: {m}")))
+    tuning = tuning_for_study(store, name, storage)
+    try:
+        index = write_report(records, out, title=f"optimlab: {name}", study=spec,
+                             environment=environment(), tuning=tuning,
+                             progress=None if quiet else (lambda m: bar.message(f"report: {m}")))
+    except OSError as e:  # not writable, no space: the runs are stored all the same
+        raise CLIError(f"cannot write the report to {str(out)!r}: {e.strerror or e}",
+                       f"the runs are stored; write the report elsewhere with: optimlab "
+                       f"report --study {_quoted(name)} --out DIR") from None
     if not quiet:
         rank_by = spec.get("rank_by", "work") if isinstance(spec, dict) else "work"
         print(summary_table(records, rank_by=rank_by))
     return index
+
+
+def _quoted(text: str) -> str:
+    """``text`` as one shell word."""
+    import shlex
+    return shlex.quote(text)
 
 
 def _safe_dirname(name: str) -> str:
@@ -268,6 +307,13 @@ def _safe_dirname(name: str) -> str:
 def _cmd_list(args: argparse.Namespace) -> int:
     print(_list(args.what))
     return 0
+
+
+def _allow_import(args: argparse.Namespace) -> tuple[str, ...]:
+    """The packages --allow-import names (repeatable, comma-separated); OPTIMLAB_ALLOW_IMPORT
+    is read where the check runs (optimlab.lab.imports)."""
+    from .lab.imports import allow_list
+    return allow_list(args.allow_import, field="--allow-import")
 
 
 def _budget_and_clip(args: argparse.Namespace) -> dict[str, Any]:
@@ -294,10 +340,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "telemetry": args.telemetry, **_budget_and_clip(args),
         "hyperparams": {args.optimizer: hyper} if hyper else {},
         "task": {args.task: {"options": _pairs(args.task_option, "--task-option")}},
-    }, source="optimlab run")
+    }, source="optimlab run", allow_import=_allow_import(args))
     spec = replace(spec, name=args.name or "run-" + default_name(spec).removeprefix("study-"))
     with _store(args.store) as store:
-        _execute_study(spec, store, workers=1)
+        _execute_study(spec, store, workers=1, replace=args.replace)
         record = store.study_records(spec.resolved_name)[0]
         if args.json:
             print(json.dumps(record.to_dict(), indent=1))
@@ -306,7 +352,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.out:
             _write_report(store, spec.resolved_name, Path(args.out), quiet=True)
             print(f"report: {Path(args.out) / 'index.html'}")
-    return 0 if record.status != "failed" else 1
+    return _status_of_runs([record])
+
+
+#: At most this many failed runs are listed by :func:`_status_of_runs` (the report has all).
+FAILED_SHOWN = 5
+
+
+def _status_of_runs(records: Sequence[Any], what: str = "runs") -> int:
+    """The exit status of a command whose runs are ``records``: 0 when none failed, else 3
+    after a few lines on stderr naming the failed runs and their errors."""
+    bad = [r for r in records if r.status == "failed"]
+    if not bad:
+        return 0
+    print(f"optimlab: {len(bad)} of {len(records)} {what} failed; they are stored with their "
+          "errors (see the report; a rerun does not repeat them):", file=sys.stderr)
+    for r in bad[:FAILED_SHOWN]:
+        error = " ".join(str(r.error).split())
+        print(f"  {r.label or r.optimizer} on {r.task} seed {r.seed}: "
+              f"{error[:200]}{'...' if len(error) > 200 else ''}", file=sys.stderr)
+    if len(bad) > FAILED_SHOWN:
+        print(f"  ... and {len(bad) - FAILED_SHOWN} more", file=sys.stderr)
+    return 3
 
 
 def _print_run(record: Any) -> None:
@@ -346,7 +413,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
                                                                    "--task-option"),
                      hyperparams=hyper, batch_size=args.batch_size, seed=args.seed,
                      start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps,
-                     rule=args.rule)
+                     rule=args.rule, allow_import=_allow_import(args))
     out = Path(args.out) if args.out else (
         Path("optimlab-results") / _safe_dirname(f"lr-find-{args.task}-{args.optimizer}"))
     meta = {"task": args.task, "optimizer": args.optimizer, "hyperparams": hyper,
@@ -393,27 +460,40 @@ def _rerun_progress() -> Callable[[int, int, Any], None]:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .lab.tune import TuneSpec, tune
 
+    if args.schedules is not None and not _csv(args.schedules):
+        raise CLIError(f"--schedules {args.schedules!r} is empty; give at least one schedule "
+                       "name", "optimlab list schedules")
     spec = TuneSpec(tasks=args.tasks, optimizers=args.optimizers, trials=args.trials,
                     steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                     seeds=args.seeds, space=args.space, pruner=args.pruner, name=args.name,
                     schedules=tuple(_csv(args.schedules) or ()), clip_norm=args.clip_norm,
-                    clip_value=args.clip_value)
+                    clip_value=args.clip_value, allow_import=_allow_import(args))
     _, progress = _trial_progress("trials")
     outcome = tune(spec, args.store, storage=args.storage, workers=args.workers,
-                   progress=progress, rerun_progress=_rerun_progress())
+                   progress=progress, rerun_progress=_rerun_progress(),
+                   message=lambda text: print(text, file=sys.stderr))
     print(f"tuning {outcome.name!r}: best configuration per task and optimizer")
     for r in outcome.results:
         value = "-" if r.best_value is None else f"{r.best_value:.4g}"
         print(f"  {r.task:<22} {r.optimizer:<10} {r.objective or '':<14} {value:<11} "
               f"{json.dumps(r.best_hyperparams)}  ({r.complete} complete, {r.pruned} pruned, "
               f"{r.failed} failed)")
-    if outcome.rerun is None or args.no_report:
-        return 0
+    failed = sum(r.failed for r in outcome.results)
+    counted = sum(r.complete + r.pruned + r.failed for r in outcome.results)
+    if failed:
+        print(f"optimlab: {failed} of {counted} trials failed; each is stored as a failed "
+              "Optuna trial with its error (user attribute 'error'); a rerun does not repeat "
+              "them", file=sys.stderr)
+    status = 3 if failed else 0
+    if outcome.rerun is None:
+        return status
     with _store(args.store) as store:
-        out = Path(args.out) if args.out else None
-        index = _write_report(store, outcome.rerun.name, out)
-    print(f"\nreport: {index}")
-    return 0
+        records = store.study_records(outcome.rerun.name)
+        if not args.no_report:
+            out = Path(args.out) if args.out else None
+            index = _write_report(store, outcome.rerun.name, out, storage=args.storage)
+            print(f"\nreport: {index}")
+    return max(status, _status_of_runs(records, "re-runs"))
 
 
 def _cmd_advise(args: argparse.Namespace) -> int:
@@ -455,7 +535,8 @@ def _cmd_advise(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, seeds=args.seeds, steps=args.steps,
                         task_options=_pairs(args.task_option, "--task-option"),
                         space=args.space, clip_norm=args.clip_norm, progress=progress,
-                        rerun_progress=_rerun_progress(), message=say)
+                        rerun_progress=_rerun_progress(), message=say,
+                        allow_import=_allow_import(args))
     out = Path(args.out) if args.out else (
         Path("optimlab-results") / _safe_dirname(f"advise-{args.task}"))
     index = adv.write_advice_report(advice, args.store, out,
@@ -495,25 +576,27 @@ def _compare_overrides(args: argparse.Namespace, base: Any) -> dict[str, Any]:
 def _cmd_compare(args: argparse.Namespace) -> int:
     if args.study is not None:
         from .lab.spec import StudySpec
-        spec = StudySpec.load(args.study)
+        spec = StudySpec.load(args.study, allow_import=_allow_import(args))
     else:
         spec = _default_spec()
     overrides = _compare_overrides(args, spec)
     if set(overrides) - {"name"}:
-        spec = spec.merged_with(overrides, source="optimlab compare")
+        spec = spec.merged_with(overrides, source="optimlab compare",
+                                allow_import=_allow_import(args))
     elif "name" in overrides:
         from dataclasses import replace
         spec = replace(spec, name=overrides["name"])
     with _store(args.store) as store:
-        outcome = _execute_study(spec, store, args.workers)
+        outcome = _execute_study(spec, store, args.workers, replace=args.replace)
+        records = store.study_records(outcome.name)
         if args.no_report:
             print(f"study {outcome.name!r}: {outcome.planned} runs stored in {store.url}")
-            return 0
+            return _status_of_runs(records)
         out = Path(args.out) if args.out else None
         index = _write_report(store, outcome.name, out)
     print(f"\nreport: {index}\nresults: {store.url} (study {outcome.name!r}; "
           f"re-running this command resumes it)")
-    return 0
+    return _status_of_runs(records)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -528,7 +611,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 print(f"  {s['name']:<30} {s['finished']}/{s['runs']} runs finished")
             print("write one's report with: optimlab report --study NAME")
             return 0
-        index = _write_report(store, args.study, Path(args.out) if args.out else None)
+        index = _write_report(store, args.study, Path(args.out) if args.out else None,
+                              storage=args.storage)
     print(f"\nreport: {index}")
     return 0
 
@@ -603,6 +687,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--clip-value", type=float, default=None, metavar="V",
                        help="clip each gradient element to [-V, V]")
 
+    def allow_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--allow-import", action="append", metavar="PKG",
+                       help="allow tasks and optimizers named by import path "
+                            "('PKG.module:attr') from this top-level package (repeatable or "
+                            "comma-separated; also $OPTIMLAB_ALLOW_IMPORT); nothing else is "
+                            "imported")
+
     def store_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--store", metavar="URL", default=None,
                        help="results database (default sqlite:///optimlab-results/results.db)")
@@ -620,9 +711,13 @@ def _parser() -> argparse.ArgumentParser:
     budget_args(p)
     p.add_argument("--telemetry", action="store_true", help="record gradient telemetry")
     p.add_argument("--name", default=None, help="study name to store the run under")
+    p.add_argument("--replace", action="store_true",
+                   help="replace a study of that name saved with other settings (its runs "
+                        "stay stored)")
     p.add_argument("--out", default=None, help="also write a report to this folder")
     p.add_argument("--json", action="store_true", help="print the whole record as JSON")
     store_arg(p)
+    allow_arg(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("compare", help="compare optimizers on tasks and write a report",
@@ -655,12 +750,16 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: as many as --seeds when a hyperparameter is swept; 0: off)")
     p.add_argument("--telemetry", action="store_true", help="record gradient telemetry")
     p.add_argument("--name", help="study name (default: derived from the settings)")
+    p.add_argument("--replace", action="store_true",
+                   help="replace a study of that name saved with other settings (its runs "
+                        "stay stored; without it, such a name is refused)")
     p.add_argument("--workers", type=int, default=None,
                    help="parallel worker processes (default: one per core)")
     p.add_argument("--out", help="report folder (default optimlab-results/STUDY/)")
     p.add_argument("--no-report", action="store_true", help="only run and store")
     store_arg(p)
     p.set_defaults(func=_cmd_compare)
+    allow_arg(p)
 
     p = sub.add_parser("lr-find", help="learning-rate range test on a task",
                        description="The learning-rate range test (Smith, 2017): train briefly "
@@ -675,6 +774,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100, help="steps of the test (default 100)")
     p.add_argument("--rule", default="valley", help="valley, steepest or min_loss_div10")
     p.add_argument("--out", help="folder for lr_find.png and lr_find.json")
+    allow_arg(p)
     p.set_defaults(func=_cmd_lr_find)
 
     p = sub.add_parser("tune", help="tune optimizers on tasks with an equal budget (Optuna)",
@@ -702,6 +802,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder")
     p.add_argument("--no-report", action="store_true", help="only tune and store")
     store_arg(p)
+    allow_arg(p)
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("advise", help="which optimizer for this task? (measured, with evidence)",
@@ -728,6 +829,7 @@ def _parser() -> argparse.ArgumentParser:
                         "study, the form of the packaged evidence")
     p.add_argument("--evidence-out", metavar="FILE.json", help="where --distill writes")
     store_arg(p)
+    allow_arg(p)
     p.set_defaults(func=_cmd_advise)
 
     p = sub.add_parser("report", help="write the report of a stored study",
@@ -736,6 +838,9 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=EXAMPLES["report"], formatter_class=raw)
     p.add_argument("--study", help="study name")
     p.add_argument("--out", help="report folder (default optimlab-results/STUDY/)")
+    p.add_argument("--storage", metavar="URL",
+                   help="the Optuna storage a tuning used, when it was not --store (a URL "
+                        "recorded in the database is never followed)")
     store_arg(p)
     p.set_defaults(func=_cmd_report)
     return parser
@@ -748,6 +853,16 @@ def _hint_for(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``optimlab`` console script; returns the exit status."""
+    from ._interrupts import interrupt_on_signals
+
+    with interrupt_on_signals():  # SIGTERM and SIGHUP stop a command as Ctrl-C does
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as e:  # before the command ran, or while reporting an error
+            return _interrupted(e)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args, unknown = _parser().parse_known_args(argv)
         if unknown:  # named after the command they were given to, not the top-level parser
@@ -758,28 +873,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         print(_list())
         return 0
-    func: Callable[[argparse.Namespace], int] = args.func
+    return _run_command(args)
+
+
+#: Commands that execute runs (a fault in them leaves the finished runs stored).
+RUNNING_COMMANDS = ("run", "compare", "tune", "advise")
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; every failure is one line (and a hint) and an exit status."""
+    import concurrent.futures as cf
+
+    from .lab.pool import WorkerDied
     from .lab.store import StoreError
     from .lab.study import StudyError
+
+    func: Callable[[argparse.Namespace], int] = args.func
+    resume = "the runs that finished are stored: run the same command again to resume"
+    running = args.command in RUNNING_COMMANDS
     try:
         if getattr(args, "workers", None) is not None and args.workers < 1:
             raise CLIError(f"--workers must be >= 1, got {args.workers}")
         return func(args)
     except CLIError as e:
         _error(str(e), e.hint or _hint_for(args))
-    except (StudyError, StoreError, ValueError, TypeError) as e:
+    except StoreError as e:
+        _error(str(e), f"{resume} once the store is usable" if running else _hint_for(args))
+    except (StudyError, ValueError, TypeError) as e:
         _error(str(e), _hint_for(args))
-    except KeyboardInterrupt:
-        print("\noptimlab: interrupted; finished runs are stored, run the same command again "
-              "to resume", file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug of ours: still one line, the traceback on request
-        if os.environ.get("OPTIMLAB_DEBUG"):
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
+    except (WorkerDied, cf.BrokenExecutor) as e:  # a worker lost outside any one run
+        _error(f"a worker process was lost: {e}", resume)
+        return 1
+    except Exception as e:
+        if _is_database_error(e):  # the tuning storage (SQLAlchemy) or SQLite itself
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            _error(f"the database failed: {type(e).__name__}: {first[:300]}",
+                   f"{resume} once the database is usable" if running else _hint_for(args))
+            return 2
+        if os.environ.get("OPTIMLAB_DEBUG"):  # a bug of ours: one line, the traceback on request
             raise
         _error(f"internal error: {type(e).__name__}: {e}",
                "set OPTIMLAB_DEBUG=1 to see the traceback, and please report it")
         return 1
     return 2
+
+
+def _interrupted(error: KeyboardInterrupt) -> int:
+    """Say how to resume after Ctrl-C or a termination signal; the exit status (130 for
+    SIGINT, 143 for SIGTERM, 129 for SIGHUP)."""
+    from ._interrupts import Interrupted, exit_status, signal_name
+
+    how = (f"by {signal_name(error.signum)}" if isinstance(error, Interrupted)
+           else "(Ctrl-C)")
+    print(f"\noptimlab: interrupted {how}; the runs that finished are stored: run the same "
+          "command again to resume", file=sys.stderr)
+    return exit_status(error)
+
+
+def _is_database_error(error: BaseException) -> bool:
+    """Whether ``error`` comes from a database driver: SQLite, or SQLAlchemy (under Optuna's
+    storage), by its class's package, so that neither is imported here."""
+    import sqlite3
+    if isinstance(error, sqlite3.Error):
+        return True
+    return any(cls.__module__.split(".")[0] == "sqlalchemy" for cls in type(error).__mro__)
 
 
 def _error(message: str, hint: str) -> None:

@@ -16,8 +16,10 @@ import torch
 
 from ..lr_finder import LRFinderResult, lr_range_test, validate_range_test_args
 from . import validate
+from .imports import AllowList, check_import
 from .optimizers import build_optimizer
 from .tasks import make_task
+from .validate import Limits
 
 __all__ = ["JSON_NAME", "PLOT_NAME", "find_lr", "write_lr_find_report"]
 
@@ -30,7 +32,8 @@ def find_lr(task: str, optimizer: str = "sgd", *, task_options: Mapping[str, Any
             hyperparams: Mapping[str, Any] | None = None, batch_size: int | str = 32,
             seed: int = 0, start_lr: float = 1e-6, end_lr: float = 10.0, num_steps: int = 100,
             rule: str = "valley", smoothing: float = 0.05, diverge_factor: float = 4.0,
-            device: str | torch.device = "cpu") -> LRFinderResult:
+            device: str | torch.device = "cpu", allow_import: AllowList = None,
+            limits: Limits | None = None) -> LRFinderResult:
     """Run the learning-rate range test for lab optimizer ``optimizer`` on task ``task``.
 
     The task is built with ``make_task(task, **task_options)`` and ``task.setup(seed)`` after
@@ -52,19 +55,30 @@ def find_lr(task: str, optimizer: str = "sgd", *, task_options: Mapping[str, Any
         start_lr, end_lr, num_steps, rule, smoothing, diverge_factor: see
             :func:`optimlab.lr_finder.lr_range_test`.
         device: where to run.
+        allow_import: the packages a task or optimizer named by import path may come from,
+            checked before anything is imported (the command line passes ``--allow-import``;
+            see :mod:`optimlab.lab.imports`); ``None``: import what is named (Python code
+            naming its own task).
+        limits: the guards against typos (``num_steps`` at most ``limits.steps``).
 
     Raises:
         ValueError: an invalid setting, task, option, optimizer or hyperparameter (the message
-            names it).
+            names it), an import path that is not allowed, or a task whose setup raised.
     """
+    check_import(task, allow_import, field="task")
+    check_import(optimizer, allow_import, field="optimizer")
     validate_range_test_args(start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
                              smoothing=smoothing, diverge_factor=diverge_factor, rule=rule)
+    validate.at_most("num_steps", num_steps, (limits or Limits()).steps, "steps")
     bs = validate.batch_size("batch_size", batch_size)
-    seed = validate.non_negative_int("seed", seed)
+    seed = validate.seed("seed", seed)
     t = make_task(task, **dict(task_options or {}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        t.setup(seed, device)
+        try:
+            t.setup(seed, device)
+        except Exception as e:  # the task's own code failed: say so in one line
+            raise ValueError(f"task {task!r}: its setup raised {type(e).__name__}: {e}") from e
         opt = build_optimizer(optimizer, t.parameters(), hyperparams)
         batches = t.batches(None if bs == "full" else int(bs), torch.Generator().manual_seed(seed))
         return lr_range_test(t.model, opt, t.loss, batches, start_lr=start_lr, end_lr=end_lr,

@@ -7,14 +7,16 @@ practitioners start from (torch.optim's defaults where those are sensible starti
 larger learning rate for plain SGD, whose torch default is none at all).
 
 Any other ``torch.optim.Optimizer`` subclass can be used by import path,
-``"package.module:ClassName"``, with its own constructor defaults.
+``"package.module:ClassName"``, with its own constructor defaults. :func:`lookup` and
+:func:`build_optimizer` import such a path as given (the Python API: the caller is the trust
+boundary); names read from files or the command line pass
+:func:`optimlab.lab.imports.check_import` first.
 
 Optimizers know nothing of the lab; this table is the lab's view of them.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ import torch
 from torch.optim import Optimizer
 
 from .. import OPTIMIZERS
+from .imports import load_attr
+from .validate import ValidationError
 
 __all__ = ["LAB_OPTIMIZERS", "LabOptimizer", "UnknownOptimizerError", "build_optimizer",
            "resolve_hyperparams"]
@@ -83,17 +87,17 @@ CLASSIC = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 
 
 def lookup(name: str) -> LabOptimizer:
-    """The :class:`LabOptimizer` for ``name`` (a lab name or ``"module:Class"``)."""
+    """The :class:`LabOptimizer` for ``name`` (a lab name or ``"module:Class"``, imported as
+    given: check names from files first, see :mod:`optimlab.lab.imports`)."""
     if not isinstance(name, str) or not name:
         raise UnknownOptimizerError(f"optimizer name must be a non-empty string, got {name!r}")
     if name in LAB_OPTIMIZERS:
         return LAB_OPTIMIZERS[name]
     if ":" in name:
-        module, _, attr = name.partition(":")
         try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError, ValueError) as e:
-            raise UnknownOptimizerError(f"cannot import optimizer {name!r}: {e}") from None
+            cls = load_attr(name, None, field="", what="optimizer")
+        except ValidationError as e:
+            raise UnknownOptimizerError(str(e)) from None
         if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
             raise UnknownOptimizerError(f"{name!r} is not a torch.optim.Optimizer subclass")
         return LabOptimizer(name=name, cls=cls, description=f"{cls.__module__}.{cls.__name__}")

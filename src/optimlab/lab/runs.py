@@ -2,9 +2,12 @@
 
 A :class:`RunConfig` says what to run; :func:`execute` runs it and returns a
 :class:`~optimlab.lab.schema.RunRecord` (fields documented there) that the results store keeps
-and the report reads. A run never raises for what the optimizer does: a diverging loss ends it
-with status ``"diverged"``, any other error with status ``"failed"`` and the error message, so
-a study always completes.
+and the report reads. A run never raises for what the task or the optimizer does: a diverging
+loss ends it with status ``"diverged"``; any exception while the task is built or set up, the
+optimizer built, or the task trained or evaluated ends it with status ``"failed"`` and the
+error (its type, message and last frames: :func:`describe_error`), so a study always
+completes. A run that could not even start, or whose worker process died, gets the same kind of
+record from :func:`failed_record`.
 
 Every optimizer step goes through ``optimizer.step(closure)``: the closure computes the loss of
 the current mini-batch and its gradients (then clips them when the config says so: element
@@ -46,6 +49,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +58,7 @@ from .. import schedules
 from ..chain import NonFiniteGradientError
 from ..telemetry import Telemetry
 from .optimizers import build_optimizer, plain
+from .pool import WorkerDied
 from .schema import (
     LR_SCALING,
     RunConfig,
@@ -66,10 +71,11 @@ from .schema import (
 from .schema import steady_time as _steady_time
 from .tasks import Task, make_task
 
-__all__ = ["DIVERGENCE_FACTOR", "MAX_EVALS_KEPT", "MAX_FINE_EVALS", "MAX_POINTS", "SCHEDULES",
-           "SERIES", "SUSTAINED_FACTOR", "SUSTAINED_MIN_STEPS", "WARMUP_STEPS", "EvalGrid",
-           "RunConfig", "RunPruned", "budget_steps", "examples_per_step", "execute",
-           "loss_noise", "lr_scale", "make_schedule", "parse_batch_size"]
+__all__ = ["DIVERGENCE_FACTOR", "ERROR_FRAMES", "MAX_EVALS_KEPT", "MAX_FINE_EVALS", "MAX_POINTS",
+           "SCHEDULES", "SERIES", "SUSTAINED_FACTOR", "SUSTAINED_MIN_STEPS", "WARMUP_STEPS",
+           "EvalGrid", "RunConfig", "RunPruned", "budget_steps", "describe_error",
+           "examples_per_step", "execute", "failed_record", "loss_noise", "lr_scale",
+           "make_schedule", "parse_batch_size"]
 
 #: A loss above ``DIVERGENCE_FACTOR * max(|initial loss|, 1)`` at any step is divergence.
 DIVERGENCE_FACTOR = 1e3
@@ -101,6 +107,10 @@ NEAR_RATIO = 10.0
 NEAR_INTERVALS = 2
 #: The series recorded at evaluation steps.
 SERIES = ("update_norm", "param_norm", "grad_norm", "effective_lr", "loss_noise")
+#: A failed run's error names this many of the innermost frames of its traceback.
+ERROR_FRAMES = 3
+
+
 class RunPruned(Exception):
     """Raised by an ``on_eval`` callback to stop a run early; the run ends as ``"pruned"``."""
 
@@ -277,20 +287,26 @@ def execute(config: RunConfig, *, device: str | torch.device = "cpu",
             the run with status ``"pruned"``.
 
     Raises:
-        ValueError: the config itself is invalid (unknown task, optimizer, option or
-            hyperparameter; an invalid value; lr scaling for an optimizer without an lr).
-            Everything that goes wrong *during* the run is recorded instead.
+        ValueError: the config cannot be resolved (unknown task, optimizer, option or
+            hyperparameter name). Everything after that, from building the task to the last
+            evaluation, is recorded instead: status ``"failed"`` with the error, or
+            ``"diverged"``.
     """
     config = config.resolved()
     device = torch.device(device)
-    task = make_task(config.task, **config.task_options)
+    wall0 = time.perf_counter()
+    task: Task | None = None
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
+        stage = "building the task"
+        task = make_task(config.task, **config.task_options)
+        stage = "task setup"
         torch.manual_seed(config.seed)
         task.setup(config.seed, device)
         n_train = int(task.n_train)
+        stage = "building the optimizer"
         config = replace(config, steps=budget_steps(config, n_train))
         hyper = dict(config.hyperparams)
         scale = lr_scale(config, n_train)
@@ -300,9 +316,77 @@ def execute(config: RunConfig, *, device: str | torch.device = "cpu",
                                  f"numeric lr; {config.optimizer!r} has none")
             hyper["lr"] = hyper["lr"] * scale
         optimizer = build_optimizer(config.optimizer, task.parameters(), hyper)
+        stage = "training"
         return _Run(config, task, optimizer, device, on_eval, scale).train()
+    except (Exception, SystemExit) as e:  # recorded, so that the study goes on
+        return failed_record(config, describe_error(e, stage), task=task,
+                             wall_seconds=time.perf_counter() - wall0)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def describe_error(error: BaseException, where: str = "") -> str:
+    """``error`` in one line: ``"where: Type: message | file.py:12 in f / ..."``, with the
+    :data:`ERROR_FRAMES` innermost frames of its traceback (those of the worker, for an error
+    raised in a worker process)."""
+    message = " ".join(str(error).split())
+    text = f"{where + ': ' if where else ''}{type(error).__name__}" + (
+        f": {message}" if message else "")
+    frames = traceback.extract_tb(error.__traceback__)[-ERROR_FRAMES:]
+    if frames:
+        text += " | " + " / ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}"
+                                   for f in frames)
+    return text
+
+
+def _facts(config: RunConfig, task: Task | None) -> TaskFacts:
+    """What a failed run's record says of its task: the task's own facts when it was built
+    (``n_train`` as far as it is known), else its name and placeholders (kind
+    ``"unknown"``, target NaN)."""
+    if task is not None:
+        with contextlib.suppress(Exception):
+            info = task.info
+            return TaskFacts(name=info.name, kind=info.kind, description=info.description,
+                             target=float(info.target), target_metric=info.target_metric,
+                             n_train=int(getattr(task, "n_train", 0) or 0),
+                             options=plain(info.options))
+    return TaskFacts(name=config.task, kind="unknown",
+                     description="the task could not be built or described", target=math.nan,
+                     target_metric="train_loss", n_train=0,
+                     options=plain(dict(config.task_options)))
+
+
+def failed_record(config: RunConfig, error: BaseException | str, *, task: Task | None = None,
+                  wall_seconds: float = 0.0) -> RunRecord:
+    """The record of a run that failed before it trained (its task could not be built or set
+    up, its optimizer not built, its worker process died): status ``"failed"``, ``error``
+    (an exception is described by :func:`describe_error`; a
+    :class:`~optimlab.lab.pool.WorkerDied` by its message, "worker process died twice: signal
+    9 (SIGKILL)"), no steps and no evaluations.
+
+    ``config`` should be the resolved config the run was planned with, so that the record has
+    the run's key. ``task``, when it was built, gives the record the task's facts; without it
+    the facts are placeholders (the task is not built here: building it may be what failed).
+    """
+    if isinstance(error, str):
+        text = error
+    elif isinstance(error, WorkerDied):  # says it all; its traceback is the parent's
+        text = str(error)
+    else:
+        text = describe_error(error)
+    return RunRecord(
+        key=config.key(), config=config, status="failed", error=text,
+        task_info=_facts(config, task),
+        curve={"step": [], "time": [], "train_loss": []},
+        evals={"step": [], "time": [], "grad_evals": [], "examples": [], "metrics": {}},
+        final={}, steps_to_target=None, target_resolution=None, first_crossing=None,
+        grad_evals_to_target=None, examples_to_target=None, time_to_target=None,
+        reached=False, generalization_gap=None, steps_done=0, grad_evals=0, examples=0,
+        train_seconds=0.0, warmup_seconds=0.0, seconds_per_step=None,
+        wall_seconds=float(wall_seconds), peak_memory_bytes=None, memory_kind="not measured",
+        state_bytes=0, n_params=0, param_bytes=0, trajectory=None,
+        lr={"step": [], "value": []}, series={}, scalars={"closure_evals": 0.0},
+        telemetry=None)
 
 
 def _flat(params: list[torch.Tensor]) -> torch.Tensor:
@@ -514,11 +598,8 @@ class _Run:
             status, error = "pruned", f"pruned at step {step}" + (f": {e}" if str(e) else "")
         except (NonFiniteGradientError, FloatingPointError) as e:
             status, error = "diverged", f"{type(e).__name__} at step {step + 1}: {e}"
-        except Exception as e:  # recorded, so that the study goes on
-            status = "failed"
-            error = f"{type(e).__name__} at step {step + 1}: {e}"
-            tb = traceback.format_exc(limit=4)
-            error += " | " + " / ".join(line.strip() for line in tb.splitlines()[-4:])
+        except (Exception, SystemExit) as e:  # recorded, so that the study goes on
+            status, error = "failed", describe_error(e, f"at step {step + 1}")
         finally:
             if telemetry is not None:
                 telemetry.close()

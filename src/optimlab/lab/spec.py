@@ -21,6 +21,9 @@ field (``tasks[1]``, ``hyperparams.adam.lr``, ``task.mlp-digits.steps``)::
     # rank_by = "work"             # "work" (default) or "time": see below
     # heldout_seeds = 3            # best arm of each optimizer re-run on fresh seeds
 
+    [limits]                       # optional: raise a guard against typos (see below)
+    steps = 200000000
+
     [hyperparams.sgd]              # per optimizer; a list sweeps
     lr = [0.01, 0.1]
 
@@ -46,6 +49,17 @@ seeds, so that the "best per optimizer" comparison is fair and paired. Default (
 many held-out seeds as study seeds when some hyperparameter is swept, none otherwise; ``0``
 turns it off.
 
+**Imports**: a task or optimizer named by import path (``"mypkg.tasks:make"``) in a study file
+or on the command line is imported only when its top-level package is allowed
+(``allow_import``, ``--allow-import``, ``OPTIMLAB_ALLOW_IMPORT``; see
+:mod:`optimlab.lab.imports`): :meth:`StudySpec.from_mapping`, :meth:`StudySpec.load` and
+:meth:`StudySpec.merged_with` check every name before anything is imported. A spec built in
+Python (``StudySpec(...)``) imports what it names: its code is the trust boundary.
+
+**Limits** (``[limits]``, :class:`~optimlab.lab.validate.Limits`): steps, examples, epochs,
+seeds, planned runs and the name's length are bounded, against typos; a study that needs more
+raises the limit in its ``[limits]`` table. Seeds are ``0 .. 2**32 - 1``.
+
 Per-task tables (:class:`TaskSettings`) override the study's settings for one task; a budget
 given there (steps, examples or epochs) replaces the study's budget as a whole.
 :meth:`StudySpec.merged_with` applies overrides (the command line's) to a spec.
@@ -55,6 +69,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -62,7 +77,9 @@ from pathlib import Path
 from typing import Any
 
 from . import validate as v
+from .imports import AllowList, check_import
 from .schema import LR_SCALING
+from .validate import Limits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -157,12 +174,16 @@ def _schedules(field_name: str, value: Any) -> tuple[str, ...]:
     return items
 
 
-def _budget(prefix: str, steps: Any, examples: Any, epochs: Any) -> dict[str, Any]:
-    """steps / examples / epochs of a table (at most one given), checked; ``prefix`` is the
-    table's field path (``"task.quadratic."``)."""
+def _budget(prefix: str, steps: Any, examples: Any, epochs: Any, limits: Limits
+            ) -> dict[str, Any]:
+    """steps / examples / epochs of a table (at most one given), checked against ``limits``;
+    ``prefix`` is the table's field path (``"task.quadratic."``)."""
     out = {"steps": v.optional(v.positive_int, f"{prefix}steps", steps),
            "examples": v.optional(v.positive_int, f"{prefix}examples", examples),
            "epochs": v.optional(v.positive_float, f"{prefix}epochs", epochs)}
+    for k in BUDGETS:
+        if out[k] is not None:
+            v.at_most(f"{prefix}{k}", out[k], getattr(limits, k), k)
     given = [k for k in BUDGETS if out[k] is not None]
     if len(given) > 1:
         raise v.ValidationError(f"{prefix}{given[1]}",
@@ -172,12 +193,12 @@ def _budget(prefix: str, steps: Any, examples: Any, epochs: Any) -> dict[str, An
 
 
 def _options(field_name: str, task: str, options: Any) -> dict[str, Any]:
-    from .tasks import make_task
+    from .tasks import check_task
 
     if not isinstance(options, Mapping):
         raise v.ValidationError(field_name, f"must be a table of task options, got {options!r}")
     try:
-        make_task(task, **options)
+        check_task(task, **options)
     except (ValueError, TypeError) as e:
         raise v.ValidationError(field_name, f": {e}") from None
     return dict(options)
@@ -240,8 +261,15 @@ def _hyper_dict(hyper: Mapping[str, Mapping[str, tuple[Any, ...]]]) -> dict[str,
     return {opt: {k: list(vals) for k, vals in table.items()} for opt, table in hyper.items()}
 
 
+def _eval_every(field_name: str, value: Any, limits: Limits) -> int | None:
+    out = v.optional(v.positive_int, field_name, value)
+    if out is not None:
+        v.at_most(field_name, out, limits.steps, "steps")
+    return out
+
+
 def _task_settings(name: str, table: Any, tasks: tuple[str, ...],
-                   optimizers: tuple[str, ...]) -> TaskSettings:
+                   optimizers: tuple[str, ...], limits: Limits) -> TaskSettings:
     f = f"task.{name}"
     if name not in tasks:
         raise v.ValidationError(f, f": {name!r} is not in tasks ({', '.join(tasks)})")
@@ -258,10 +286,10 @@ def _task_settings(name: str, table: Any, tasks: tuple[str, ...],
         options=_options(f"{f}.options", name, get("options", {})),
         batch_size=v.optional(_batch_sizes, f"{f}.batch_size", get("batch_size")),
         schedule=v.optional(_schedules, f"{f}.schedule", get("schedule")),
-        **_budget(f"{f}.", get("steps"), get("examples"), get("epochs")),
+        **_budget(f"{f}.", get("steps"), get("examples"), get("epochs"), limits),
         seconds=v.optional(v.positive_float, f"{f}.seconds", get("seconds"),
                            "number of seconds"),
-        eval_every=v.optional(v.positive_int, f"{f}.eval_every", get("eval_every")),
+        eval_every=_eval_every(f"{f}.eval_every", get("eval_every"), limits),
         clip_norm=v.optional(v.positive_float, f"{f}.clip_norm", get("clip_norm")),
         clip_value=v.optional(v.positive_float, f"{f}.clip_value", get("clip_value")),
         hyperparams=_hyper_tables(f"{f}.hyperparams", table.get("hyperparams", {}),
@@ -303,6 +331,8 @@ class StudySpec:
         hyperparams: ``{optimizer: {hyperparameter: (values...)}}``; more than one value
             sweeps.
         task: per-task settings, ``{task: TaskSettings}``.
+        limits: the guards against typos (:class:`~optimlab.lab.validate.Limits`; a table of
+            some limits is accepted); not part of the study's identity (its default name).
     """
 
     tasks: tuple[str, ...]
@@ -326,6 +356,7 @@ class StudySpec:
     heldout_seeds: int | None = None
     hyperparams: Mapping[str, Mapping[str, tuple[Any, ...]]] = field(default_factory=dict)
     task: Mapping[str, TaskSettings] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         try:
@@ -336,23 +367,25 @@ class StudySpec:
             raise _study_error(e) from None
 
     def _check(self) -> None:
-        from .tasks import make_task
+        from .tasks import check_task
 
         set_ = object.__setattr__
+        set_(self, "limits", Limits.parse("limits", self.limits))
+        limits = self.limits
         set_(self, "tasks", v.names("tasks", self.tasks))
         set_(self, "optimizers", v.names("optimizers", self.optimizers))
         if self.name is not None:
-            set_(self, "name", v.text("name", self.name))
+            set_(self, "name", v.study_name("name", self.name, limits.name_length))
         if not isinstance(self.description, str):
             raise v.ValidationError("description", f"must be a string, got {self.description!r}")
-        set_(self, "seeds", v.seeds("seeds", self.seeds))
+        set_(self, "seeds", v.seeds("seeds", self.seeds, limits.seeds))
         set_(self, "batch_size", _batch_sizes("batch_size", self.batch_size))
         set_(self, "schedule", _schedules("schedule", self.schedule))
-        for k, value in _budget("", self.steps, self.examples, self.epochs).items():
+        for k, value in _budget("", self.steps, self.examples, self.epochs, limits).items():
             set_(self, k, value)
         set_(self, "seconds", v.optional(v.positive_float, "seconds", self.seconds,
                                          "number of seconds"))
-        set_(self, "eval_every", v.optional(v.positive_int, "eval_every", self.eval_every))
+        set_(self, "eval_every", _eval_every("eval_every", self.eval_every, limits))
         set_(self, "telemetry", v.boolean("telemetry", self.telemetry))
         set_(self, "clip_norm", v.optional(v.positive_float, "clip_norm", self.clip_norm))
         set_(self, "clip_value", v.optional(v.positive_float, "clip_value", self.clip_value))
@@ -361,6 +394,8 @@ class StudySpec:
         set_(self, "rank_by", v.choice("rank_by", self.rank_by, RANK_BY))
         set_(self, "heldout_seeds", v.optional(v.non_negative_int, "heldout_seeds",
                                                self.heldout_seeds))
+        if self.heldout_seeds is not None:
+            v.at_most("heldout_seeds", self.heldout_seeds, limits.seeds, "seeds")
         for i, name in enumerate(self.optimizers):
             _optimizer_check(f"optimizers[{i}]", name)
         tables = self.task
@@ -370,21 +405,64 @@ class StudySpec:
             if name in tables:
                 continue  # checked with its options below
             try:
-                make_task(name)
+                check_task(name)
             except (ValueError, TypeError) as e:
                 raise v.ValidationError(f"tasks[{i}]", f": {e}") from None
         set_(self, "hyperparams", _hyper_tables("hyperparams", self.hyperparams,
                                                 self.optimizers))
         set_(self, "task", {str(name): _task_settings(str(name), table, self.tasks,
-                                                      self.optimizers)
+                                                      self.optimizers, limits)
                             for name, table in tables.items()})
+        last = max(self.heldout_seed_list, default=0)
+        if last > v.MAX_SEED:
+            raise v.ValidationError("heldout_seeds", f"would use seeds up to {last}, beyond "
+                                                     f"{v.MAX_SEED} (held-out seeds follow the "
+                                                     "largest study seed); use smaller seeds")
+        runs = self.max_runs()
+        if runs > limits.runs:
+            raise v.ValidationError("limits.runs", f": the study plans up to {runs:,} runs "
+                                    "(tasks x optimizers x swept settings x seeds, held-out "
+                                    f"re-runs included), more than the limit {limits.runs:,} "
+                                    "(a guard against typos; raise it with a [limits] table "
+                                    "in a study file or limits=Limits(runs=...) in Python)")
+
+    def max_runs(self) -> int:
+        """An upper bound on the runs the study plans: every arm on every seed, plus each
+        optimizer's best arm per task on the held-out seeds (deterministic arms run fewer)."""
+        total = 0
+        for task in self.tasks:
+            t = self.settings(task)
+            settings = len(t.batch_size or self.batch_size) * len(t.schedule or self.schedule)
+            for opt in self.optimizers:
+                arms = math.prod(len(values) for values in self.grid(task, opt).values())
+                total += settings * arms * len(self.seeds) + self.n_heldout
+        return total
 
     # ------------------------------------------------------------------ parsing
 
     @classmethod
-    def from_mapping(cls, m: Any, *, source: str = "study") -> StudySpec:
+    def from_mapping(cls, m: Any, *, source: str = "study", allow_import: AllowList = ()
+                     ) -> StudySpec:
         """The spec of a mapping (a parsed TOML file, the command line's settings): the one
-        parser of studies. Errors are :class:`StudyError` naming ``source`` and the field."""
+        parser of studies. Errors are :class:`StudyError` naming ``source`` and the field.
+
+        Every task and optimizer named by import path must come from a package in
+        ``allow_import`` (or ``OPTIMLAB_ALLOW_IMPORT``), checked before anything is imported
+        (:func:`optimlab.lab.imports.check_import`); ``None`` imports whatever is named (for
+        mappings written by the calling Python code).
+        """
+        if isinstance(m, Mapping):
+            try:
+                for key in ("tasks", "optimizers"):
+                    if key in m:
+                        _check_imports(key, v.names(key, m[key]), allow_import)
+            except v.ValidationError as e:
+                raise _study_error(e, f"{source}: ") from None
+        return cls._parse(m, source)
+
+    @classmethod
+    def _parse(cls, m: Any, source: str) -> StudySpec:
+        """:meth:`from_mapping` after the import check."""
         if not isinstance(m, Mapping):
             raise StudyError(f"{source}: a study is a table of settings, got "
                              f"{type(m).__name__}")
@@ -403,9 +481,11 @@ class StudySpec:
             raise _study_error(e, f"{source}: ") from None
 
     @classmethod
-    def load(cls, path: str | Path) -> StudySpec:
+    def load(cls, path: str | Path, *, allow_import: AllowList = ()) -> StudySpec:
         """Read and check a TOML study file; errors name the file and the field (or the line
-        of malformed TOML). A study without a name is named after the file."""
+        of malformed TOML). A study without a name is named after the file (characters a name
+        may not hold become ``-``). Import paths must come from ``allow_import``'s packages
+        (see :meth:`from_mapping`)."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -415,8 +495,9 @@ class StudySpec:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise StudyError(f"{path}: malformed TOML: {e}") from None
-        spec = cls.from_mapping(data, source=str(path))
-        return spec if spec.name is not None else replace(spec, name=path.stem)
+        spec = cls.from_mapping(data, source=str(path), allow_import=allow_import)
+        return spec if spec.name is not None else replace(
+            spec, name=_name_of_file(path, spec.limits.name_length))
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as a JSON-able dict (the form the store keeps); :meth:`from_mapping`
@@ -428,6 +509,10 @@ class StudySpec:
                 value = _hyper_dict(value)
             elif f.name == "task":
                 value = {name: t.to_dict() for name, t in value.items()}
+            elif f.name == "limits":
+                value = value.changed()
+                if not value:
+                    continue  # the defaults: not written, as before limits existed
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
@@ -471,8 +556,8 @@ class StudySpec:
 
     # ------------------------------------------------------------------ merging
 
-    def merged_with(self, overrides: Mapping[str, Any], *, source: str = "overrides"
-                    ) -> StudySpec:
+    def merged_with(self, overrides: Mapping[str, Any], *, source: str = "overrides",
+                    allow_import: AllowList = ()) -> StudySpec:
         """This spec with ``overrides`` (top-level fields, as in a study file) applied: the
         command line on top of a study file or the default study.
 
@@ -482,6 +567,10 @@ class StudySpec:
         hyperparameters of tasks and optimizers no longer in the study are dropped; the rest
         of the per-task tables carries over. Unless ``overrides`` names the study, the result
         is unnamed (its name derives from its content), so it never resumes the base study.
+
+        Tasks and optimizers that ``overrides`` adds by import path must come from
+        ``allow_import``'s packages (see :meth:`from_mapping`); this spec's own were checked
+        when it was made.
         """
         if not isinstance(overrides, Mapping):
             raise StudyError(f"{source}: a table of settings, got {type(overrides).__name__}")
@@ -491,9 +580,14 @@ class StudySpec:
             raise StudyError(f"{source}: unknown field {unknown[0]!r}; allowed: "
                              f"{', '.join(sorted(allowed))}", unknown[0])
         base = self.to_dict()
-        tasks = list(v.names("tasks", overrides.get("tasks", base["tasks"])))
-        optimizers = list(v.names("optimizers", overrides.get("optimizers",
-                                                              base["optimizers"])))
+        try:
+            tasks = list(v.names("tasks", overrides.get("tasks", base["tasks"])))
+            optimizers = list(v.names("optimizers", overrides.get("optimizers",
+                                                                  base["optimizers"])))
+            _check_imports("tasks", tasks, allow_import, known=self.tasks)
+            _check_imports("optimizers", optimizers, allow_import, known=self.optimizers)
+        except v.ValidationError as e:
+            raise _study_error(e, f"{source}: ") from None
         touched = set(overrides)
         if touched & set(BUDGETS):
             touched |= set(BUDGETS)
@@ -530,17 +624,34 @@ class StudySpec:
         if "name" not in overrides:
             merged["name"] = None
             merged["description"] = overrides.get("description", "")
-        return StudySpec.from_mapping(merged, source=source)
+        return StudySpec._parse(merged, source)
 
 
-def load_study_file(path: str | Path) -> StudySpec:
+def _name_of_file(path: Path, max_length: int) -> str:
+    """A study name made of a file's name: characters outside letters, digits, ``-``, ``_``
+    and ``.`` become ``-``, leading ``-`` and ``.`` are dropped, at most ``max_length``."""
+    name = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_.") else "-"
+                   for ch in path.stem).lstrip("-.")[:max_length]
+    return name or "study"
+
+
+def _check_imports(key: str, names: tuple[str, ...] | list[str], allow_import: AllowList,
+                   known: tuple[str, ...] = ()) -> None:
+    """:func:`~optimlab.lab.imports.check_import` for each name not in ``known``."""
+    for i, name in enumerate(names):
+        if name not in known:
+            check_import(name, allow_import, field=f"{key}[{i}]")
+
+
+def load_study_file(path: str | Path, *, allow_import: AllowList = ()) -> StudySpec:
     """Read and check a TOML study file (:meth:`StudySpec.load`)."""
-    return StudySpec.load(path)
+    return StudySpec.load(path, allow_import=allow_import)
 
 
 def default_name(spec: StudySpec) -> str:
     """A name derived from the spec's content (not its name or description), so that running
     the same study again resumes it."""
-    body = {k: val for k, val in spec.to_dict().items() if k not in ("name", "description")}
+    body = {k: val for k, val in spec.to_dict().items()
+            if k not in ("name", "description", "limits")}
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
     return f"study-{digest[:8]}"

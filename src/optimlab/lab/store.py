@@ -13,6 +13,22 @@ itself carries a version (:data:`DB_VERSION`): a version-1 database (written bef
 records) is brought to version 2 in place when opened, its records migrated as they are read; a
 database of a newer version than this optimlab knows is refused with a message saying so.
 
+**A study name is bound to its spec.** Saving a study under a name the store holds with a
+different spec is refused (:class:`StoreError` naming the first differing field) unless
+``replace=True``, which drops the old study's list of runs (the runs themselves stay stored:
+runs are shared by key between studies). Saving it again with the same spec resumes it; the
+fields of :data:`STUDY_BOOKKEEPING` record what a study did and may change, and fields the
+stored spec lacks (it was saved by an older optimlab, before they existed) are not compared.
+
+**Claims** (:mod:`optimlab.lab.claims`) let several processes share a study's work: a claim
+names a key, the owner process and the end of its lease, and :meth:`ResultStore.claim` takes
+keys atomically (not finished, not under another owner's live lease).
+
+**Faults** are :class:`StoreError` with one line saying what is wrong and what to do, raised
+before anything is lost (the SQLite specifics are in :mod:`optimlab.lab.store_sqlite`):
+a database locked for longer than :data:`LOCK_TIMEOUT_S`, a read-only or unreadable file or
+folder, a corrupt file, a full disk, a newer database version.
+
 The store is reached through :func:`open_store` and the small :class:`ResultStore` interface,
 so that a server database can be added behind a URL (``postgresql://...``) without touching
 the runner or the report.
@@ -21,53 +37,40 @@ the runner or the report.
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .schema import RunRecord, SchemaError
+from .claims import Claim, Owner
+from .schema import RunRecord
 
-__all__ = ["DB_VERSION", "DEFAULT_URL", "ResultStore", "SQLiteStore", "StoreError",
-           "open_store"]
+if TYPE_CHECKING:
+    from .store_sqlite import SQLiteStore
+
+__all__ = ["DB_VERSION", "DEFAULT_URL", "LOCK_TIMEOUT_S", "STUDY_BOOKKEEPING", "ResultStore",
+           "SQLiteStore", "StoreError", "first_difference", "open_store"]
 
 #: Where results go unless told otherwise (relative to the working directory).
 DEFAULT_URL = "sqlite:///optimlab-results/results.db"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS optimlab_runs (
-    key      TEXT PRIMARY KEY,
-    status   TEXT NOT NULL,
-    config   TEXT NOT NULL,
-    record   TEXT NOT NULL,
-    finished REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS optimlab_studies (
-    name    TEXT PRIMARY KEY,
-    spec    TEXT NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS optimlab_study_runs (
-    study TEXT NOT NULL,
-    key   TEXT NOT NULL,
-    label TEXT NOT NULL,
-    pos   INTEGER NOT NULL,
-    PRIMARY KEY (study, key)
-);
-CREATE TABLE IF NOT EXISTS optimlab_meta (
-    name  TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
 #: Version of the database layout and of what its rows mean. 1: untyped run records;
-#: 2: typed, versioned records (:class:`RunRecord`, with ``schema`` in each).
+#: 2: typed, versioned records (:class:`RunRecord`, with ``schema`` in each). (The claims
+#: table added later is created when missing and ignored by older versions: still 2.)
 DB_VERSION = 2
+
+#: How long a statement waits for another process's write lock before giving up (SQLite
+#: retries with backoff meanwhile). A finished run that still cannot be written goes to the
+#: spool (see :class:`~optimlab.lab.store_sqlite.SQLiteStore`), never nowhere.
+LOCK_TIMEOUT_S = 60.0
+
+#: Spec fields that record what a study did rather than what it is: saving a study again may
+#: change them (the held-out re-runs' chosen arms; the free-text description).
+STUDY_BOOKKEEPING = frozenset({"heldout_choice", "description"})
 
 
 class StoreError(RuntimeError):
-    """The store cannot be opened or read (bad URL, not a results database, corrupt file)."""
+    """The store cannot do what was asked (bad URL, locked, read-only, corrupt, a study name
+    bound to another spec); ``str()`` is one line: what is wrong and what to do."""
 
 
 @runtime_checkable
@@ -77,14 +80,19 @@ class ResultStore(Protocol):
     url: str
 
     def save_study(self, name: str, spec: Mapping[str, Any],
-                   runs: Sequence[tuple[str, str]]) -> None:
-        """Record study ``name`` with its ``spec`` and its runs as ``(key, label)`` pairs."""
+                   runs: Sequence[tuple[str, str]], *, replace: bool = False) -> None:
+        """Record study ``name`` with its ``spec`` and its runs as ``(key, label)`` pairs.
+
+        A study of that name with the same spec (apart from :data:`STUDY_BOOKKEEPING`) keeps
+        its runs and gains the new ones; one with another spec raises :class:`StoreError`
+        unless ``replace``, which drops its runs (not the run records) first."""
 
     def finished(self, keys: Iterable[str]) -> set[str]:
         """The subset of ``keys`` whose runs are stored."""
 
     def put_run(self, record: RunRecord) -> bool:
-        """Store a finished run; ``False`` (and nothing written) if its key is already there."""
+        """Store a finished run; ``False`` (and nothing written) if its key is already there.
+        Its claim, if any, ends."""
 
     def get_run(self, key: str) -> RunRecord | None:
         """One stored run by key, or ``None``."""
@@ -98,165 +106,95 @@ class ResultStore(Protocol):
     def studies(self) -> list[dict[str, Any]]:
         """Every study: name, number of runs, finished runs, last update."""
 
+    def claim(self, keys: Sequence[str], owner: Owner, lease_s: float,
+              limit: int | None = None) -> list[str]:
+        """Atomically claim for ``owner`` (a lease of ``lease_s`` seconds) up to ``limit`` of
+        ``keys``, in their order, that are claimable: no run stored under the key, and no
+        other owner's live lease on it (expired, or held by an owner known dead, is taken
+        over; ``owner``'s own is renewed). Returns the keys claimed."""
+
+    def renew(self, owner: Owner, lease_s: float) -> set[str]:
+        """Extend every lease ``owner`` holds to ``lease_s`` from now; the keys it holds."""
+
+    def release(self, owner: Owner, keys: Sequence[str] | None = None) -> None:
+        """End ``owner``'s claims on ``keys`` (all of them by default)."""
+
+    def holders(self, keys: Sequence[str]) -> dict[str, Claim]:
+        """The live claims on ``keys`` (for messages: who is running what)."""
+
+    def spooled(self) -> int:
+        """Finished runs this store could not write to its database yet (see :meth:`flush`)."""
+
+    def flush(self) -> None:
+        """Write the spooled runs to the database, or raise :class:`StoreError` saying where
+        they are kept and how to resume."""
+
+    def check_writable(self) -> None:
+        """Raise :class:`StoreError` (why, and what to do) unless the store can be written."""
+
     def close(self) -> None:
         """Release the connection."""
 
 
-class SQLiteStore:
-    """:class:`ResultStore` in one SQLite file (created with its folder if missing)."""
-
-    def __init__(self, path: str | Path, url: str | None = None) -> None:
-        self.path = Path(path)
-        self.url = url or f"sqlite:///{self.path}"
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            try:
-                self._check_version()
-            except StoreError:
-                self._db.close()
-                raise
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path} is not a usable results database ({e}); "
-                             "point --store at another file") from None
-        except OSError as e:
-            raise StoreError(f"cannot open results database {self.path}: {e}") from None
-
-    def _check_version(self) -> None:
-        """Stamp a new database, migrate a version-1 one, refuse an unknown version."""
-        row = self._db.execute("SELECT value FROM optimlab_meta WHERE name='version'").fetchone()
-        if row is None:
-            self._db.execute("INSERT OR IGNORE INTO optimlab_meta VALUES ('version', ?)",
-                             (str(DB_VERSION),))
-            return
-        try:
-            version = int(row[0])
-        except ValueError:
-            version = -1
-        if version == DB_VERSION:
-            return
-        if version == 1:
-            # Same tables; version-1 records lack a "schema" field and are migrated on read
-            # (RunRecord.from_dict). Their keys hash the old key layout, so new studies,
-            # whose keys are version 2, run afresh instead of mixing old and new runs.
-            self._write([("UPDATE optimlab_meta SET value=? WHERE name='version'",
-                          (str(DB_VERSION),))])
-            return
-        raise StoreError(f"{self.path}: results database version {row[0]!r}; this optimlab "
-                         f"reads versions 1 to {DB_VERSION}. Upgrade optimlab, or point "
-                         "--store at another file")
-
-    def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
-        """Run ``statements`` in one immediate transaction; returns rows changed."""
-        changed = 0
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, args in statements:
-                changed += self._db.execute(sql, args).rowcount
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return changed
-
-    def save_study(self, name: str, spec: Mapping[str, Any],
-                   runs: Sequence[tuple[str, str]]) -> None:
-        now = time.time()
-        statements: list[tuple[str, Sequence[Any]]] = [
-            ("INSERT INTO optimlab_studies VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-             "spec=excluded.spec, updated=excluded.updated",
-             (name, json.dumps(spec, sort_keys=True), now, now)),
-            ("DELETE FROM optimlab_study_runs WHERE study=?", (name,)),
-        ]
-        statements += [("INSERT OR REPLACE INTO optimlab_study_runs VALUES (?, ?, ?, ?)",
-                        (name, key, label, i)) for i, (key, label) in enumerate(runs)]
-        self._write(statements)
-
-    def finished(self, keys: Iterable[str]) -> set[str]:
-        keys = list(keys)
-        out: set[str] = set()
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            out.update(r[0] for r in self._db.execute(
-                f"SELECT key FROM optimlab_runs WHERE key IN ({marks})", chunk))
-        return out
-
-    def put_run(self, record: RunRecord) -> bool:
-        if not isinstance(record, RunRecord):
-            raise TypeError(f"put_run takes a RunRecord, got {type(record).__name__}")
-        d = record.to_dict()
-        d.pop("label", None)  # a record's arm belongs to a study, not to the run
-        text = json.dumps(d, allow_nan=False)
-        config = json.dumps(d["config"], sort_keys=True)
-        return self._write([("INSERT OR IGNORE INTO optimlab_runs VALUES (?, ?, ?, ?, ?)",
-                             (record.key, record.status, config, text, time.time()))]) == 1
-
-    def get_run(self, key: str) -> RunRecord | None:
-        row = self._db.execute("SELECT record FROM optimlab_runs WHERE key=?", (key,)).fetchone()
-        return None if row is None else self._load(row[0], key)
-
-    def _load(self, text: str, key: str, label: str | None = None) -> RunRecord:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise StoreError(f"{self.path}: run {key} is corrupt ({e})") from None
-        if isinstance(d, dict) and label is not None:
-            d["label"] = label
-        try:
-            return RunRecord.from_dict(d)
-        except SchemaError as e:
-            raise StoreError(f"{self.path}: run {key} cannot be read: {e}") from None
-
-    def study_records(self, name: str) -> list[RunRecord]:
-        self.study_spec(name)  # raises for an unknown study
-        rows = self._db.execute(
-            "SELECT r.record, s.label, r.key FROM optimlab_study_runs s "
-            "JOIN optimlab_runs r ON r.key = s.key WHERE s.study=? ORDER BY s.pos",
-            (name,)).fetchall()
-        return [self._load(text, key, label) for text, label, key in rows]
-
-    def study_spec(self, name: str) -> dict[str, Any]:
-        row = self._db.execute("SELECT spec FROM optimlab_studies WHERE name=?", (name,)).fetchone()
-        if row is None:
-            known = [s["name"] for s in self.studies()]
-            raise StoreError(f"no study {name!r} in {self.url}; studies there: "
-                             f"{', '.join(known) or 'none'}")
-        return json.loads(row[0])
-
-    def studies(self) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT st.name, st.updated, COUNT(sr.key), COUNT(r.key) FROM optimlab_studies st "
-            "LEFT JOIN optimlab_study_runs sr ON sr.study = st.name "
-            "LEFT JOIN optimlab_runs r ON r.key = sr.key "
-            "GROUP BY st.name ORDER BY st.updated").fetchall()
-        return [{"name": n, "updated": u, "runs": total, "finished": done}
-                for n, u, total, done in rows]
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> SQLiteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def first_difference(old: Any, new: Any, ignore: frozenset[str] = frozenset(),
+                     path: str = "") -> tuple[str, Any, Any] | None:
+    """The first place (in sorted key order) where two JSON-like values differ, as
+    ``(dotted path, old value, new value)`` (a missing key's value is ``"(absent)"``), or
+    ``None`` when they are equal. Top-level keys in ``ignore`` are skipped."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for k in sorted(set(old) | set(new), key=str):
+            if not path and k in ignore:
+                continue
+            where = f"{path}.{k}" if path else str(k)
+            if k not in old or k not in new:
+                return where, old.get(k, "(absent)"), new.get(k, "(absent)")
+            found = first_difference(old[k], new[k], path=where)
+            if found is not None:
+                return found
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            found = first_difference(a, b, path=f"{path}[{i}]")
+            if found is not None:
+                return found
+        return None
+    return None if old == new else (path or "spec", old, new)
 
 
-def open_store(url: str | Path | None = None) -> ResultStore:
+def as_json(value: Any) -> Any:
+    """``value`` as JSON reads it back (tuples become lists): the form specs are compared in."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def open_store(url: str | Path | None = None, *, readonly: bool = False) -> ResultStore:
     """Open the store at ``url``: ``sqlite:///relative/path.db``, ``sqlite:////absolute.db``
-    or a plain file path. Other schemes raise :class:`StoreError` naming the supported ones."""
+    or a plain file path. Other schemes raise :class:`StoreError` naming the supported ones.
+
+    A database that exists but cannot be written (a read-only file or folder, missing
+    permissions) opens read-only: reading works, writing raises :class:`StoreError` saying
+    why. ``readonly=True`` opens it so on purpose (no write, no integrity check, no lock
+    taken; a missing database is an error). Opened for writing, the database is checked
+    first (``PRAGMA quick_check``): a corrupt one is refused before anything is written.
+    """
+    from .store_sqlite import SQLiteStore
+
     url = str(url) if url is not None else DEFAULT_URL
     if "://" not in url:
-        return SQLiteStore(url, url=f"sqlite:///{url}")
+        return SQLiteStore(url, url=f"sqlite:///{url}", readonly=readonly)
     scheme, _, rest = url.partition("://")
     if scheme == "sqlite":
         if not rest.startswith("/") or rest == "/":
             raise StoreError(f"bad SQLite URL {url!r}; use sqlite:///relative/path.db or "
                              "sqlite:////absolute/path.db")
-        return SQLiteStore(rest[1:], url=url)
+        return SQLiteStore(rest[1:], url=url, readonly=readonly)
     raise StoreError(f"unsupported results-store URL scheme {scheme!r} in {url!r}; this "
                      "version stores results in SQLite: sqlite:///path/to/results.db")
+
+
+def __getattr__(name: str) -> Any:
+    # SQLiteStore lives in store_sqlite (which imports this module); its old import path
+    # ``optimlab.lab.store.SQLiteStore`` keeps working.
+    if name == "SQLiteStore":
+        from .store_sqlite import SQLiteStore
+        return SQLiteStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,9 @@ batch, the batch is full, the optimizer is one of the lab's) runs on the study's
 only: more seeds would repeat it exactly. :func:`plan_notes` says which.
 
 :func:`run_study` executes the runs the store does not hold yet through
-:func:`optimlab.lab.execution.execute_all`, interleaved (round-robin over arms, seed by seed,
+:func:`optimlab.lab.execution.execute_all`, each claimed first in the store
+(:func:`optimlab.lab.claims.execute_shared`), so that several processes running one study
+share its runs and none runs twice; interleaved (round-robin over arms, seed by seed,
 in an order shuffled by the study's name) so that the order does not bias wall-clock times,
 and stores each run the moment it finishes. When the study has held-out seeds
 (:attr:`StudySpec.n_heldout`), it then chooses each optimizer's best arm on each task by the
@@ -32,16 +34,16 @@ from typing import Any
 
 import torch
 
+from .claims import LEASE_SECONDS, execute_shared
 from .execution import (
     Executor,
     InlineExecutor,
     ProcessExecutor,
     default_workers,
-    execute_all,
     interleave,
 )
 from .optimizers import LAB_OPTIMIZERS, build_optimizer
-from .runs import execute
+from .runs import execute, failed_record
 from .schema import RunConfig, RunRecord
 from .spec import StudyError, StudySpec, default_name, load_study_file
 from .store import ResultStore
@@ -259,13 +261,15 @@ def _run_planned(run: PlannedRun) -> RunRecord:
 
 @dataclass
 class StudyOutcome:
-    """What :func:`run_study` did: the study's runs and how many were stored or ran now."""
+    """What :func:`run_study` did: the study's runs, how many were stored before, ran here,
+    and ran in other processes sharing the study meanwhile."""
 
     name: str
     planned: int
     skipped: int
     executed: int
     notes: tuple[str, ...] = ()
+    elsewhere: int = 0
 
 
 def _unique(runs: Sequence[PlannedRun]) -> dict[str, PlannedRun]:
@@ -275,24 +279,92 @@ def _unique(runs: Sequence[PlannedRun]) -> dict[str, PlannedRun]:
     return unique
 
 
-def execute_runs(name: str, pending: Sequence[PlannedRun], store: ResultStore,
-                 executor: Executor, progress: Callable[[int, int, RunRecord], None] | None,
-                 done: int, total: int) -> None:
-    """Execute ``pending`` runs of study ``name`` through :func:`execute_all`, interleaved
+class _StudyRuns:
+    """A study's runs as work shared between processes (:class:`optimlab.lab.claims.
+    SharedWork`): keyed by run key, started in interleaved order, stored as they finish."""
+
+    noun = "runs"
+
+    def __init__(self, name: str, runs: Sequence[PlannedRun], store: ResultStore,
+                 progress: Callable[[int, int, RunRecord], None] | None, done: int,
+                 total: int) -> None:
+        self.order = interleave(runs, group=lambda r: (r.config.task, r.label),
+                                rank=lambda r: r.config.seed, salt=name)
+        self.keys = [r.key for r in self.order]
+        self.labels = {r.key: r.label for r in self.order}
+        self.store, self.progress, self.total = store, progress, total
+        self.seen = store.finished(self.keys)
+        self.skipped = len(self.seen)
+        self.count = done + self.skipped
+
+    def pending(self, running: set[str]) -> list[tuple[str, PlannedRun]]:
+        stored = self.store.finished(self.keys)
+        return [(r.key, r) for r in self.order if r.key not in stored and r.key not in running]
+
+    def accept(self, key: str, item: PlannedRun) -> bool:
+        return True  # a claim is only granted for a run not stored
+
+    def finish(self, key: str, item: PlannedRun, record: RunRecord) -> bool:
+        self.store.put_run(record)  # also ends the claim
+        return True
+
+    def failed(self, run: PlannedRun, error: BaseException) -> RunRecord:
+        """A run whose worker died twice (or that raised) is a failed record."""
+        return failed_record(run.config, error)
+
+    def reported(self, run: PlannedRun, record: RunRecord) -> None:
+        """Progress after a run of this process (and any others' that finished since)."""
+        self._report(run.key, record)
+        self.observe()
+
+    def observe(self) -> None:
+        if self.progress is None:
+            self.seen = self.store.finished(self.keys)
+            return
+        new = self.store.finished(self.keys) - self.seen
+        for key in (k for k in self.keys if k in new):
+            record = self.store.get_run(key)
+            if record is not None:
+                self._report(key, record)
+
+    def _report(self, key: str, record: RunRecord) -> None:
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        self.count += 1
+        if self.progress is not None:
+            self.progress(self.count, self.total, replace(record, label=self.labels[key]))
+
+
+def execute_runs(name: str, runs: Sequence[PlannedRun], store: ResultStore,
+                 executor: Executor,
+                 progress: Callable[[int, int, RunRecord], None] | None = None, *,
+                 done: int = 0, total: int | None = None,
+                 message: Callable[[str], None] | None = None,
+                 lease_s: float = LEASE_SECONDS) -> tuple[int, int]:
+    """Execute the runs of study ``name`` that ``store`` lacks, sharing them with any other
+    process doing the same (:func:`optimlab.lab.claims.execute_shared`: each run is claimed
+    before it starts, so no run executes twice), in interleaved order
     (:func:`optimlab.lab.execution.interleave`, salted by ``name``), each stored as it
-    finishes; ``progress(count, total, record)`` counts from ``done``."""
-    order = interleave(pending, group=lambda r: (r.config.task, r.label),
-                       rank=lambda r: r.config.seed, salt=name)
+    finishes; returns when every run is stored, by whichever process.
 
-    def sink(run: PlannedRun, record: RunRecord) -> None:
-        store.put_run(record)
+    Args:
+        progress: ``progress(count, total, record)`` after each run finished (here or by
+            another process), ``count`` counting from ``done`` plus the runs already stored.
+        done: runs of the study outside ``runs`` already finished (for ``count``).
+        total: the total to report (default ``done + len(runs)``).
+        message: where to say which processes this one is waiting for.
+        lease_s: the claims' lease.
 
-    def report(count: int, total: int, run: PlannedRun, record: RunRecord) -> None:
-        if progress is not None:
-            progress(count, total, replace(record, label=run.label))
-
-    execute_all(order, _run_planned, executor, sink=sink, progress=report, done=done,
-                total=total)
+    Returns:
+        ``(stored before, executed here)``.
+    """
+    work = _StudyRuns(name, list(_unique(runs).values()), store, progress, done,
+                      done + len(_unique(runs)) if total is None else total)
+    ran = execute_shared(work, _run_planned, executor, store, lease_s=lease_s,
+                         message=message, progress=work.reported)
+    work.observe()
+    return work.skipped, ran
 
 
 def count_runs(spec: StudySpec) -> int:
@@ -308,10 +380,15 @@ def count_runs(spec: StudySpec) -> int:
 
 
 def run_study(spec: StudySpec, store: ResultStore, *, executor: Executor | None = None,
-              progress: Callable[[int, int, RunRecord], None] | None = None
-              ) -> StudyOutcome:
+              progress: Callable[[int, int, RunRecord], None] | None = None,
+              replace: bool = False, message: Callable[[str], None] | None = None,
+              lease_s: float = LEASE_SECONDS) -> StudyOutcome:
     """Run every run of ``spec`` that ``store`` does not hold, storing each as it finishes;
     then the held-out re-runs, if the study has held-out seeds. Re-running a study resumes it.
+
+    Any number of processes may run the same study on one store at once: they share its runs
+    (:func:`execute_runs`: none runs twice), each waits for the others' runs, and all end with
+    the whole study stored (the same held-out choice, from the same records).
 
     Args:
         spec: the study; an unnamed one is named by :func:`default_name`.
@@ -319,8 +396,15 @@ def run_study(spec: StudySpec, store: ResultStore, *, executor: Executor | None 
         executor: how runs are executed (default: a :class:`ProcessExecutor` on all cores
             when more than one run is pending; closed at the end).
         progress: called as ``progress(done, total, record)`` after each run (the record with
-            its ``label``); ``total`` counts the held-out re-runs at most (exact once they are
-            planned).
+            its ``label``), this process's or another's; ``total`` counts the held-out
+            re-runs at most (exact once they are planned).
+        replace: a study of the same name saved with another spec is replaced (its list of
+            runs; the runs stay stored) instead of refused.
+        message: where to say which processes this one waits for.
+        lease_s: the lease of this process's claims (:mod:`optimlab.lab.claims`).
+
+    Raises:
+        StoreError: the store cannot be written, or the name is bound to another spec.
     """
     name = spec.resolved_name
     saved = {**spec.to_dict(), "name": name, "heldout_seeds": spec.n_heldout}
@@ -329,33 +413,37 @@ def run_study(spec: StudySpec, store: ResultStore, *, executor: Executor | None 
     det = sorted({r.config.task for r in runs if r.deterministic})
     if det:
         saved["deterministic"] = {t: True for t in det}
-    store.save_study(name, saved, [(r.key, r.label) for r in unique.values()])
-    stored = store.finished(unique)
-    pending = [r for k, r in unique.items() if k not in stored]
+    links = [(r.key, r.label) for r in unique.values()]
+    store.save_study(name, saved, links, replace=replace)
     own = executor is None
     if executor is None:
-        executor = ProcessExecutor() if len(pending) > 1 else InlineExecutor()
-    total = count_runs(spec)
-    skipped, executed = len(stored), len(pending)
+        missing = len(unique) - len(store.finished(unique))
+        executor = ProcessExecutor() if missing > 1 else InlineExecutor()
+    shared = {"message": message, "lease_s": lease_s}
     try:
-        execute_runs(name, pending, store, executor, progress, len(stored), total)
+        skipped, executed = execute_runs(name, list(unique.values()), store, executor,
+                                         progress, total=count_runs(spec), **shared)
+        elsewhere = len(unique) - skipped - executed
         if spec.n_heldout:
-            records = [rec for rec in store.study_records(name)]
-            extra, choice = plan_heldout(spec, runs, records)
+            store.flush()
+            extra, choice = plan_heldout(spec, runs, store.study_records(name))
             extra_unique = {k: r for k, r in _unique(extra).items() if k not in unique}
             saved["heldout_choice"] = choice
-            store.save_study(name, saved, [(r.key, r.label) for r in unique.values()]
-                             + [(r.key, r.label) for r in extra_unique.values()])
-            stored_extra = store.finished(extra_unique)
-            todo = [r for k, r in extra_unique.items() if k not in stored_extra]
-            if len(todo) > 1 and own and isinstance(executor, InlineExecutor):
+            store.save_study(name, saved, links + [(r.key, r.label)
+                                                   for r in extra_unique.values()])
+            missing = len(extra_unique) - len(store.finished(extra_unique))
+            if missing > 1 and own and isinstance(executor, InlineExecutor):
                 executor = ProcessExecutor()
             n = len(unique) + len(extra_unique)
-            execute_runs(name, todo, store, executor, progress, n - len(todo), n)
-            skipped += len(stored_extra)
-            executed += len(todo)
+            s2, e2 = execute_runs(name, list(extra_unique.values()), store, executor,
+                                  progress, done=len(unique), total=n, **shared)
+            skipped += s2
+            executed += e2
+            elsewhere += len(extra_unique) - s2 - e2
             unique.update(extra_unique)
+        store.flush()
     finally:
         if own:
             executor.close()  # type: ignore[attr-defined]
-    return StudyOutcome(name, len(unique), skipped, executed, tuple(plan_notes(spec, runs)))
+    return StudyOutcome(name, len(unique), skipped, executed, tuple(plan_notes(spec, runs)),
+                        elsewhere)

@@ -26,9 +26,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .. import validate as v
+from ..imports import AllowList
 from ..schema import RunConfig, json_safe
 from ..statistics import Comparison, Interval
 from ..tuning.spec import MIN_TRIALS
+from ..validate import Limits
 
 __all__ = ["CALIBRATION_RUNS", "MAX_TRIALS", "MIN_TRIALS", "TRIAL_LADDER", "Advice",
            "AdviceRow", "Calibration", "TrialPlan", "advise", "calibrate", "plan_trials"]
@@ -66,7 +68,10 @@ def calibrate(task: str, optimizer: str, *, steps: int | None = None,
               seed: int = 0, runs: int = CALIBRATION_RUNS) -> Calibration:
     """Time ``runs`` short runs of ``optimizer`` (at its defaults) on ``task`` (each a quarter
     of the budget, at least 20 steps) and estimate the seconds of a whole run as the median of
-    ``wall_seconds / steps_done * steps`` (a run that diverges early still gives its rate)."""
+    ``wall_seconds / steps_done * steps`` (a run that diverges early still gives its rate).
+
+    Raises:
+        ValueError: a calibration run failed (its error is in the message)."""
     import time
 
     from ..runs import execute
@@ -79,6 +84,8 @@ def calibrate(task: str, optimizer: str, *, steps: int | None = None,
     t0 = time.perf_counter()
     for _ in range(runs):
         record = execute(replace(full, steps=timed), threads=1)
+        if record.status == "failed":  # no timing to plan on: the task or optimizer is broken
+            raise ValueError(f"calibration run of {optimizer} on {task} failed: {record.error}")
         estimates.append(record.wall_seconds / max(record.steps_done, 1) * total)
     return Calibration(float(pystats.median(estimates)), tuple(estimates), total, timed,
                        time.perf_counter() - t0)
@@ -293,7 +300,8 @@ def advise(task: str, *, optimizers: Sequence[str] | None = None, budget_minutes
            clip_norm: float | None = None,
            progress: Callable[..., None] | None = None,
            rerun_progress: Callable[..., None] | None = None,
-           message: Callable[[str], None] | None = None) -> Advice:
+           message: Callable[[str], None] | None = None,
+           allow_import: AllowList = None, limits: Limits | None = None) -> Advice:
     """Answer "which optimizer for this task?" by an equal-budget study.
 
     1. :func:`calibrate` measures the seconds per run (median of :data:`CALIBRATION_RUNS`).
@@ -308,8 +316,14 @@ def advise(task: str, *, optimizers: Sequence[str] | None = None, budget_minutes
        seeds and each optimizer's comparison with the best; ties with the best are reported
        as "no clear winner".
 
+    ``optimizers=None`` means the seven classics; an empty list is refused. ``allow_import``
+    and ``limits`` are :class:`~optimlab.lab.tuning.TuneSpec`'s: the packages that names by
+    import path may come from (``None``: import what is named, for Python code naming its own
+    task; the command line passes ``--allow-import``), and the guards against typos.
+
     Raises:
-        ValueError: unknown task or optimizer, an invalid setting.
+        ValueError: unknown task or optimizer, an invalid setting, an import path that is
+            not allowed (nothing is imported or run then).
     """
     from ..execution import default_workers
     from ..optimizers import CLASSIC
@@ -318,7 +332,7 @@ def advise(task: str, *, optimizers: Sequence[str] | None = None, budget_minutes
     from .text import snippet
 
     say = message or (lambda text: None)
-    optimizers = list(optimizers or CLASSIC)
+    optimizers = list(CLASSIC if optimizers is None else v.names("optimizers", optimizers))
     seeds = v.positive_int("seeds", seeds)
     budget_minutes = v.positive_float("budget", budget_minutes, "number of minutes")
     workers = workers or default_workers()
@@ -326,7 +340,8 @@ def advise(task: str, *, optimizers: Sequence[str] | None = None, budget_minutes
     spec = TuneSpec(tasks=[task], optimizers=optimizers, trials=MIN_TRIALS, steps=steps,
                     batch_size=batch_size, seed=seed, seeds=seeds, space=space,
                     task_options={task: dict(task_options or {})} if task_options else {},
-                    clip_norm=clip_norm)
+                    clip_norm=clip_norm, allow_import=allow_import,
+                    limits=limits or Limits())
     say(f"calibrating: {CALIBRATION_RUNS} timed runs of {optimizers[0]} on {task}")
     cal = calibrate(task, optimizers[0], steps=steps, task_options=task_options,
                     batch_size=batch_size, seed=seed)

@@ -280,12 +280,20 @@ def _trajectory(rec: RunRecord) -> tuple[np.ndarray, np.ndarray | None] | None:
 
 
 def _function_of(rec: RunRecord) -> tuple[Any, Any]:
-    """The task's Function2D and start point (for contours), or ``(None, None)``."""
-    try:
-        from ..tasks import make_task
+    """The task's Function2D and start point (for contours), or ``(None, None)``.
 
-        task = make_task(rec.config.task, **dict(rec.config.task_options))
-    except Exception:  # unknown or user task, bad options: draw without contours
+    Only optimlab's own 2-D functions are rebuilt (from the built-in factory, with the run's
+    stored options); a user task, or any other name a record holds, is never imported or
+    called: the report renders records.
+    """
+    from ..tasks.functions2d import FUNCTION_TASKS
+
+    factory = FUNCTION_TASKS.get(rec.config.task)
+    if factory is None:
+        return None, None
+    try:
+        task = factory(**dict(rec.config.task_options))
+    except (TypeError, ValueError, ArithmeticError):  # options this factory does not take
         return None, None
     function = getattr(task, "function", None)
     if function is None or not hasattr(function, "f_numpy"):
@@ -337,7 +345,8 @@ def _trajectory_figure(page: PageBuilder, ctx: Context, task: str,
         start = paths[0].xy[0]
     svg = trajectories_figure(paths, function, _box(function, paths, start), start)
     contours = ("over log-spaced contours of f − f* (+ a small ε)" if function is not None
-                else "(no contours: the function could not be rebuilt)")
+                else "(no contours: only optimlab's own 2-D functions are drawn; the report "
+                     "never imports a task a record names)")
     return page.figure("trajectories", svg, (
         f"Trajectories of the first seed of each arm {contours}; white circle: start, "
         "star: known minimum, dot: last point, open circles: steps 1, 10, 100, 1000 "

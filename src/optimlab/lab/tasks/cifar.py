@@ -16,8 +16,10 @@ the global RNG is untouched) and then moved to ``device``; the data tensors live
   with ``encoding="bytes"``) of a dict with ``b"data"`` (``(N, 3072)`` uint8, rows = 1024 red,
   1024 green, 1024 blue values of a 32x32 image in row-major order) and ``b"labels"`` (N ints
   in 0..9). A missing folder or file raises ``FileNotFoundError``; a malformed pickle raises
-  ``ValueError``; both name the path and the expected files. Pickles can execute code when
-  loaded: point ``root`` only at files you trust.
+  ``ValueError``; both name the path and the expected files. The files are data, never code:
+  they are read by a restricted unpickler (:class:`CifarUnpickler`) that rebuilds numpy arrays
+  and plain Python values only, and refuses any other global a pickle names (``os.system``
+  in a crafted file), with an error naming the file and the global.
 * **Split**: a ``numpy.random.RandomState(seed)`` permutation of the training batches; the
   first ``val_size`` images (default 5000; 0 allowed: no validation metrics) are the
   validation split, the rest the training split. ``test_batch`` is the test split.
@@ -70,6 +72,7 @@ __all__ = [
     "CIFAR10_FILES",
     "CIFAR10_TRAIN_FILES",
     "CifarResNetTask",
+    "CifarUnpickler",
     "ResNet18",
     "augment_batch",
     "load_cifar10",
@@ -89,12 +92,62 @@ def _cifar_expected() -> str:
     return ", ".join(CIFAR10_FILES)
 
 
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles written by Python 3 use it (``bytes`` values
+    are stored as latin-1 text), for that one encoding only."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode is allowed only for latin-1 text, got "
+                                     f"encoding {encoding!r}")
+    return text.encode("latin-1")
+
+
+def _safe_globals() -> dict[tuple[str, str], Any]:
+    """The globals a CIFAR-10 pickle may name: numpy's array reconstruction (under the module
+    names numpy 1 and numpy 2 write), ``numpy.ndarray`` and ``numpy.dtype``, and latin-1
+    ``_codecs.encode`` (see :func:`_latin1`). Each rebuilds a value; none runs anything else."""
+    try:  # numpy >= 2
+        from numpy._core import multiarray, numeric
+    except ImportError:  # pragma: no cover - numpy 1
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    out: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray,
+                                       ("numpy", "dtype"): np.dtype,
+                                       ("_codecs", "encode"): _latin1}
+    for module in ("numpy.core", "numpy._core"):
+        out[(f"{module}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        if hasattr(numeric, "_frombuffer"):  # protocol 5 pickles of arrays
+            out[(f"{module}.numeric", "_frombuffer")] = numeric._frombuffer
+    return out
+
+
+class RefusedGlobalError(pickle.UnpicklingError):
+    """A pickle names a global that :class:`CifarUnpickler` does not admit."""
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler for the CIFAR-10 python format that admits only the globals the format
+    needs (:func:`_safe_globals`: numpy array reconstruction) and refuses every other one
+    with :class:`RefusedGlobalError` naming it, before anything is imported or called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The admitted global ``module.name``, or :class:`RefusedGlobalError`."""
+        allowed = _safe_globals()
+        if (module, name) in allowed:
+            return allowed[(module, name)]
+        raise RefusedGlobalError(f"{module}.{name}")
+
+
 def _unpickle(path: Path, where: str, hint: str = "") -> Any:
-    """The pickle at ``path`` (read with ``encoding="bytes"``); one that cannot be read raises
-    ``ValueError``: ``"{where} is not a readable pickle (error){hint}"``."""
+    """The pickle at ``path`` (read with ``encoding="bytes"`` by :class:`CifarUnpickler`); one
+    that cannot be read raises ``ValueError``: ``"{where} is not a readable pickle
+    (error){hint}"``, and one that names a refused global says which."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            return CifarUnpickler(f, encoding="bytes").load()
+    except RefusedGlobalError as e:
+        allowed = sorted({f"{m}.{n}" for m, n in _safe_globals()})
+        raise ValueError(f"{where} refers to the global {e}, which the CIFAR-10 loader refuses "
+                         f"(the files are data: only {', '.join(allowed)} are admitted); it is "
+                         "not a CIFAR-10 file, or it was tampered with") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             ImportError, IndexError) as e:
         raise ValueError(f"{where} is not a readable pickle ({type(e).__name__}: {e}){hint}"

@@ -52,6 +52,7 @@ from .base import Batch, Task, TaskInfo
 from .registry import register
 
 __all__ = [
+    "FUNCTION_TASKS",
     "Function2D",
     "Function2DTask",
     "beale",
@@ -415,3 +416,11 @@ def quadratic(*, start: Any = None, noise: float = 0.0, condition_number: float 
     """Ill-conditioned quadratic task; see :func:`quadratic_function`."""
     return Function2DTask(quadratic_function(condition_number=condition_number, angle=angle),
                           start=start, noise=noise)
+
+
+#: The 2-D function tasks by name. The report rebuilds a run's function (for contours) only
+#: from these built-in factories, with the run's stored options: it never imports a task
+#: that a record names.
+FUNCTION_TASKS: dict[str, Callable[..., Function2DTask]] = {
+    "rosenbrock": rosenbrock, "beale": beale, "himmelblau": himmelblau,
+    "rastrigin": rastrigin, "saddle": saddle, "quadratic": quadratic}

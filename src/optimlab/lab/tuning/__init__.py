@@ -6,6 +6,8 @@
   (:data:`MIN_TRIALS`);
 * :mod:`~optimlab.lab.tuning.run`: the trials (:func:`tune`), their objective (the ranking
   objective unless told otherwise), reproducibility and resumption;
+* :mod:`~optimlab.lab.tuning.shared`: the trials shared by processes tuning together (each
+  trial index claimed, so it runs once);
 * :mod:`~optimlab.lab.tuning.rerun`: the best configurations re-run on held-out seeds;
 * :mod:`~optimlab.lab.tuning.history`: every trial, for the report.
 """

@@ -6,15 +6,16 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..store import ResultStore
-from .run import open_storage, storage_url
+from ..store import ResultStore, StoreError
+from .run import open_storage, readonly_storage_url, storage_url
 from .spec import TuneSpec
 
 __all__ = ["tuning_for_study", "tuning_history"]
 
 
 def tuning_history(spec_or_name: TuneSpec | str, store: str | None = None, *,
-                   storage: str | None = None) -> list[dict[str, Any]]:
+                   storage: str | None = None, readonly: bool = False
+                   ) -> list[dict[str, Any]]:
     """Every trial of a tuning, for the report (JSON-able apart from ``value`` ``None``).
 
     Args:
@@ -22,6 +23,7 @@ def tuning_history(spec_or_name: TuneSpec | str, store: str | None = None, *,
             its studies).
         store: the results-store URL or path whose database holds the studies.
         storage: an Optuna storage URL instead.
+        readonly: only read the storage (create no table in it).
 
     Returns:
         One dict per trial, by task, optimizer and trial index: ``task``, ``optimizer``,
@@ -33,7 +35,7 @@ def tuning_history(spec_or_name: TuneSpec | str, store: str | None = None, *,
         never settled), ``seconds`` (training time) and ``error``.
     """
     url = storage or storage_url(store)
-    st = open_storage(url)
+    st = open_storage(url, readonly=readonly)
     if isinstance(spec_or_name, TuneSpec):
         name = spec_or_name.resolved_name
         wanted = {f"{name}/{t}/{o}" for t in spec_or_name.tasks for o in spec_or_name.optimizers}
@@ -79,14 +81,32 @@ def tuning_history(spec_or_name: TuneSpec | str, store: str | None = None, *,
     return out
 
 
-def tuning_for_study(store: ResultStore, name: str) -> list[dict[str, Any]] | None:
+def tuning_for_study(store: ResultStore, name: str, storage: str | None = None
+                     ) -> list[dict[str, Any]] | None:
     """The tuning history behind study ``name`` when it is a tuning's re-run (``None``
-    otherwise): for ``optimlab report --study NAME-best``."""
+    otherwise): for ``optimlab report --study NAME-best``.
+
+    The Optuna studies are read from ``storage`` when it is given, else from the store's own
+    database. A storage URL recorded in the database is never followed (the database is data:
+    a tampered one must not make the report connect to, or create, another database); when
+    the tuning used another storage and none is given, there is no history (``None``).
+    """
     spec = store.study_spec(name)
     tuning = spec.get("tuning") if isinstance(spec, Mapping) else None
     if not isinstance(tuning, Mapping) or not tuning.get("name"):
         return None
-    records = tuning_history(str(tuning["name"]), store.url, storage=tuning.get("storage"))
+    readonly = False
+    if storage is None and tuning.get("storage") is not None:
+        return None  # the user did not name the storage the tuning used
+    if storage is None:  # the studies are in the store's database: read them as it does
+        try:
+            store.check_writable()
+        except StoreError:
+            uri = getattr(store, "sqlite_uri", None)
+            if uri is not None:
+                storage, readonly = readonly_storage_url(uri), True
+    records = tuning_history(str(tuning["name"]), store.url, storage=storage,
+                             readonly=readonly)
     tasks, opts = set(spec.get("tasks") or []), set(spec.get("optimizers") or [])
     return [r for r in records if (not tasks or r["task"] in tasks)
             and (not opts or r["optimizer"] in opts)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..claims import LEASE_SECONDS
 from ..execution import Executor, InlineExecutor, ProcessExecutor
 from ..schema import RunConfig, RunRecord
 from ..store import ResultStore
@@ -18,7 +19,8 @@ __all__ = ["rerun_best"]
 def rerun_best(spec: TuneSpec, outcome: Any, store: ResultStore, *,
                executor: Executor | None = None,
                progress: Callable[[int, int, RunRecord], None] | None = None,
-               storage: str | None = None) -> StudyOutcome:
+               storage: str | None = None, message: Callable[[str], None] | None = None,
+               lease_s: float = LEASE_SECONDS) -> StudyOutcome:
     """Run the best configuration of every (task, optimizer) of ``outcome`` (a
     :class:`~optimlab.lab.tuning.run.TuneOutcome`) with ``spec.rerun_seeds()`` as the study
     ``"{name}-best"`` in ``store`` (runs it already holds are skipped). Arms are labelled
@@ -26,7 +28,13 @@ def rerun_best(spec: TuneSpec, outcome: Any, store: ResultStore, *,
     left out. The saved study records the tuning (``"tuning"``) and each best configuration
     (``"best"``).
 
-    ``progress(done, total, record)`` as in :func:`optimlab.lab.study.run_study`.
+    The study is derived from the tuning, which guards its own settings: when the best
+    configurations change (a tuning extended with more trials) the study is replaced (its
+    earlier runs stay stored). Processes re-running the same tuning share the runs
+    (:func:`optimlab.lab.study.execute_runs`).
+
+    ``progress(done, total, record)``, ``message`` and ``lease_s`` as in
+    :func:`optimlab.lab.study.run_study`.
     """
     name = f"{outcome.name}-best"
     runs: list[PlannedRun] = []
@@ -54,15 +62,17 @@ def rerun_best(spec: TuneSpec, outcome: Any, store: ResultStore, *,
     unique: dict[str, PlannedRun] = {}
     for run in runs:
         unique.setdefault(run.key, run)
-    store.save_study(name, saved, [(r.key, r.label) for r in unique.values()])
-    done = store.finished(unique)
-    pending = [r for k, r in unique.items() if k not in done]
+    store.save_study(name, saved, [(r.key, r.label) for r in unique.values()], replace=True)
     own = executor is None
     if executor is None:
-        executor = ProcessExecutor() if len(pending) > 1 else InlineExecutor()
+        missing = len(unique) - len(store.finished(unique))
+        executor = ProcessExecutor() if missing > 1 else InlineExecutor()
     try:
-        execute_runs(name, pending, store, executor, progress, len(done), len(unique))
+        skipped, executed = execute_runs(name, list(unique.values()), store, executor,
+                                         progress, message=message, lease_s=lease_s)
+        store.flush()
     finally:
         if own:
             executor.close()  # type: ignore[attr-defined]
-    return StudyOutcome(name, len(unique), len(done), len(pending))
+    return StudyOutcome(name, len(unique), skipped, executed,
+                        elsewhere=len(unique) - skipped - executed)

@@ -35,7 +35,13 @@ Studies live in the results store's SQLite database by default (Optuna's tables 
 tuning again resumes it: finished trials are kept and only the missing ones run; a trial left
 ``RUNNING`` by a killed process is marked ``FAIL`` with ``user_attrs["interrupted"]`` and does
 not count, so no trial of the budget is lost. Raising ``trials`` extends a study; changing any
-other setting under the same name is refused (one tuning process per study at a time).
+other setting under the same name is refused.
+
+Any number of processes may run one tuning at once (on one results store, which holds the
+claims): each trial index is claimed before it runs (:mod:`optimlab.lab.tuning.shared`), so
+every index runs exactly once, the budget is exact, and since trial ``k`` still sees exactly
+trials ``0 .. k-1`` the trials, and so the best configurations, are those of one process,
+start and TPE trials alike (the processes speed up a tuning of several studies, not one study).
 """
 
 from __future__ import annotations
@@ -43,12 +49,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..execution import Executor, InlineExecutor, ProcessExecutor, default_workers, execute_all
+from ..claims import LEASE_SECONDS, execute_shared
+from ..execution import Executor, InlineExecutor, ProcessExecutor, default_workers
 from ..objective import excess_value, run_objective
 from ..runs import RunPruned, execute
 from ..schema import RunConfig, RunRecord
@@ -93,19 +101,50 @@ def optuna_module() -> Any:
 
 
 _STORAGES: dict[str, Any] = {}
+#: Processes that open a new storage together race to create Optuna's tables: the losers'
+#: attempts fail (a duplicate table or version row) and are made again, this many times.
+STORAGE_ATTEMPTS = 5
 
 
-def open_storage(url: str) -> Any:
-    """The Optuna storage at ``url`` (one per URL and process)."""
+def _creation_race(error: Exception) -> bool:
+    """``error`` is what losing the race to create Optuna's tables raises."""
+    text = str(error).lower()
+    return any(s in text for s in ("already exists", "unique constraint", "locked"))
+
+
+def close_storages() -> None:
+    """Close the storages :func:`open_storage` opened in this process (their connections)."""
+    while _STORAGES:
+        _, storage = _STORAGES.popitem()
+        with contextlib.suppress(Exception):
+            storage.engine.dispose()
+
+
+def readonly_storage_url(sqlite_uri: str) -> str:
+    """The SQLAlchemy URL of a SQLite URI (``file:/path?mode=ro``, as a read-only
+    :class:`~optimlab.lab.store_sqlite.SQLiteStore` opens its file): Optuna then reads a
+    database in a read-only folder as the results store does."""
+    return f"sqlite:///{sqlite_uri}&uri=true"
+
+
+def open_storage(url: str, *, readonly: bool = False) -> Any:
+    """The Optuna storage at ``url`` (one per URL and process); ``readonly``: only read it
+    (no tables created: for a database opened read-only, see :func:`readonly_storage_url`)."""
     if url in _STORAGES:
         return _STORAGES[url]
     optuna = optuna_module()
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as e:  # a bad URL, an unreachable server, not a database
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise TuneError(f"cannot open the tuning storage {url!r}: {first}") from None
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                                 skip_table_creation=readonly)
+            break
+        except Exception as e:  # a bad URL, an unreachable server, not a database, or ...
+            if attempt + 1 < STORAGE_ATTEMPTS and _creation_race(e):
+                time.sleep(0.1 * (attempt + 1))  # ... another process creating the tables
+                continue
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise TuneError(f"cannot open the tuning storage {url!r}: {first}") from None
     _STORAGES[url] = storage
     return storage
 
@@ -190,9 +229,10 @@ def counted_trials(study: Any) -> list[Any]:
             if t.state.name.lower() in FINISHED and not t.user_attrs.get("interrupted")]
 
 
-def _prepare(job: _Job) -> int:
-    """Create or check the study, fail the trials a dead process left running; returns the
-    number of counted trials."""
+def _prepare(job: _Job) -> None:
+    """Create the study, or check that the stored one has the same settings. (Trials a dead
+    process left running are failed by whoever claims the study's next trial:
+    :mod:`optimlab.lab.tuning.shared`.)"""
     optuna = optuna_module()
     storage = open_storage(job.storage)
     study = optuna.create_study(study_name=job.study, storage=storage, direction="minimize",
@@ -206,13 +246,6 @@ def _prepare(job: _Job) -> int:
         raise TuneError(f"tuning study {job.study!r} was run with other settings ({k}: "
                         f"{stored.get(k)!r}, now {signature.get(k)!r}); use another name or "
                         "the same settings")
-    state = optuna.trial.TrialState
-    study_id = storage.get_study_id_from_name(job.study)
-    for t in study.get_trials(deepcopy=False, states=(state.RUNNING, state.WAITING)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_user_attr(trial_id, "interrupted", True)
-        storage.set_trial_state_values(trial_id, state.FAIL)
-    return len(counted_trials(study))
 
 
 def _startup_params(job: _Job, index: int) -> dict[str, Any] | None:
@@ -258,6 +291,13 @@ def _run_trial(item: _Trial) -> dict[str, Any]:
     trial = study.ask()
     try:
         return _one_trial(job, study, trial, index, state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # another process took the trial over (this one stopped renewing its claim, e.g.
+        # suspended past its lease) and failed it: the result does not count
+        return {"study": job.study, "task": job.task, "optimizer": job.optimizer,
+                "index": index, "number": trial.number, "state": "lost", "status": "lost",
+                "value": None, "objective": job.objective or "work to target",
+                "hyperparams": {}, "schedule": None}
     except BaseException:  # killed (Ctrl-C) or a bug: the trial does not count
         with contextlib.suppress(Exception):
             trial.set_user_attr("interrupted", True)
@@ -462,7 +502,8 @@ def tune(spec: TuneSpec, store: str | None = None, *, storage: str | None = None
          workers: int | None = None, threads: int = 1, rerun: bool = True,
          executor: Executor | None = None,
          progress: Callable[[int, int, dict[str, Any] | None], None] | None = None,
-         rerun_progress: Callable[[int, int, RunRecord], None] | None = None
+         rerun_progress: Callable[[int, int, RunRecord], None] | None = None,
+         message: Callable[[str], None] | None = None, lease_s: float = LEASE_SECONDS
          ) -> TuneOutcome:
     """Tune every optimizer of ``spec`` on every task, then re-run the best configurations.
 
@@ -486,48 +527,47 @@ def tune(spec: TuneSpec, store: str | None = None, *, storage: str | None = None
             ``trial=None`` before any trial runs (``done``: trials already stored).
         rerun_progress: ``progress(done, total, record)`` after each re-run (as in
             :func:`optimlab.lab.study.run_study`; the record has its ``label``).
+        message: where to say which other processes this one waits for.
+        lease_s: the lease of this process's claims (:mod:`optimlab.lab.claims`).
+
+    Any number of processes may run the same tuning on one results store at once: they share
+    its trials (:mod:`optimlab.lab.tuning.shared`: every trial index runs once, and the trials
+    are those of one process), then its re-runs, and each returns the same outcome.
 
     Raises:
         TuneError: bad settings, settings that differ from the stored study of the same name,
             an unusable storage.
+        StoreError: the results store cannot be written.
     """
     from .rerun import rerun_best
+    from .shared import TuningTrials
 
     url = storage or storage_url(store)
     workers = workers or default_workers()
     results_store = open_store(store)  # first: it creates the file in WAL mode
     own = executor is None
     try:
+        results_store.check_writable()
         jobs = _jobs(spec, url, threads)
         optuna_module()
-        counts = {job.study: _prepare(job) for job in jobs}
-        total = spec.trials * len(jobs)
-        done = sum(min(c, spec.trials) for c in counts.values())
-        ran = dict.fromkeys(counts, 0)
+        for job in jobs:
+            _prepare(job)
+        work = TuningTrials(jobs, results_store, progress)
         if progress is not None:
-            progress(done, total, None)
-        first = [_Trial(job, counts[job.study]) for job in jobs
-                 if counts[job.study] < job.trials]
+            progress(work.done, work.total, None)
         if executor is None:
-            executor = (InlineExecutor() if workers <= 1 or (len(first) <= 1 and not rerun)
+            studies_left = sum(work.seen[job.study] < job.trials for job in jobs)
+            executor = (InlineExecutor() if workers <= 1 or (studies_left <= 1 and not rerun)
                         else ProcessExecutor(workers, threads))
-
-        def then(item: _Trial, event: dict[str, Any]) -> list[_Trial]:
-            ran[item.job.study] += 1
-            nxt = item.index + 1
-            return [_Trial(item.job, nxt)] if nxt < item.job.trials else []
-
-        def report(count: int, _total: int, item: _Trial, event: dict[str, Any]) -> None:
-            if progress is not None:
-                progress(count, total, event)
-
-        execute_all(first, _run_trial, executor, then=then, progress=report, done=done,
-                    total=total)
+        execute_shared(work, _run_trial, executor, results_store, lease_s=lease_s,
+                       message=message, progress=work.reported)
+        ran = work.ran
         results = [_result(job, load_study(job), ran[job.study]) for job in jobs]
         outcome = TuneOutcome(spec.resolved_name, url, results)
         if rerun:
             outcome.rerun = rerun_best(spec, outcome, results_store, executor=executor,
-                                       progress=rerun_progress, storage=storage)
+                                       progress=rerun_progress, storage=storage,
+                                       message=message, lease_s=lease_s)
         return outcome
     finally:
         if own and executor is not None:

@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import validate as v
-from ..tasks import make_task
+from ..imports import AllowList, check_import
+from ..tasks import check_task
+from ..validate import Limits
 from .space import Param, TuneError, search_space
 
 __all__ = ["MIN_TRIALS", "RANKING_OBJECTIVE", "TuneSpec", "derive_seed"]
@@ -57,9 +59,9 @@ def space_json(space: Any) -> Any:
             for opt, table in space.items()}
 
 
-def _check(check: Any, *args: Any) -> Any:
+def _check(check: Any, *args: Any, **kwargs: Any) -> Any:
     try:
-        return check(*args)
+        return check(*args, **kwargs)
     except v.ValidationError as e:
         raise TuneError(str(e), e.field) from None
 
@@ -92,7 +94,14 @@ class TuneSpec:
             decisions happen at evaluations.
         clip_norm, clip_value: gradient clipping of every trial and re-run (as in a study).
         name: the tuning's name (``None``: derived from the settings, so that the same command
-            resumes); studies are ``"{name}/{task}/{optimizer}"``.
+            resumes); studies are ``"{name}/{task}/{optimizer}"``. Letters, digits, ``-``,
+            ``_`` and ``.`` (see :func:`optimlab.lab.validate.study_name`).
+        limits: the guards against typos (:class:`~optimlab.lab.validate.Limits`: trials,
+            steps, seeds); a table of some limits is accepted.
+        allow_import: the top-level packages that tasks and optimizers named by import path
+            may come from (:mod:`optimlab.lab.imports`), checked before anything is imported;
+            the command line passes ``--allow-import`` here. ``None`` (the default, for Python
+            code naming its own tasks): import what is named.
     """
 
     tasks: Sequence[str]
@@ -111,24 +120,42 @@ class TuneSpec:
     clip_norm: float | None = None
     clip_value: float | None = None
     name: str | None = None
+    limits: Limits = field(default_factory=Limits, compare=False)
+    allow_import: AllowList = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         from ..runs import SCHEDULES
 
         set_ = object.__setattr__
+        limits = _check(Limits.parse, "limits", self.limits)
+        set_(self, "limits", limits)
         set_(self, "tasks", _check(v.names, "tasks", self.tasks))
         set_(self, "optimizers", _check(v.names, "optimizers", self.optimizers))
+        if self.allow_import is not None:
+            set_(self, "allow_import", tuple(self.allow_import))
+        for key in ("tasks", "optimizers"):
+            for i, name in enumerate(getattr(self, key)):
+                _check(check_import, name, self.allow_import, field=f"{key}[{i}]")
         trials = _check(v.positive_int, "trials", self.trials)
         if trials < MIN_TRIALS:
             raise TuneError(f"trials must be >= {MIN_TRIALS} (MIN_TRIALS: the space-filling "
                             f"start gives every optimizer one trial in each eighth of its "
                             f"search range), got {trials}", "trials")
+        _check(v.at_most, "trials", trials, limits.trials, "trials")
         set_(self, "trials", trials)
         set_(self, "steps", _check(v.optional, v.positive_int, "steps", self.steps))
         set_(self, "eval_every", _check(v.optional, v.positive_int, "eval_every",
                                         self.eval_every))
+        for key in ("steps", "eval_every"):
+            if getattr(self, key) is not None:
+                _check(v.at_most, key, getattr(self, key), limits.steps, "steps")
         set_(self, "seeds", _check(v.positive_int, "seeds", self.seeds))
-        set_(self, "seed", _check(v.non_negative_int, "seed", self.seed))
+        _check(v.at_most, "seeds", self.seeds, limits.seeds, "seeds")
+        set_(self, "seed", _check(v.seed, "seed", self.seed))
+        if self.seed + self.seeds > v.MAX_SEED:
+            raise TuneError(f"seed: the re-runs use seeds seed + 1 .. seed + seeds, up to "
+                            f"{self.seed + self.seeds}, beyond {v.MAX_SEED}; use a smaller "
+                            "seed", "seed")
         set_(self, "batch_size", _check(v.batch_size, "batch_size", self.batch_size))
         set_(self, "clip_norm", _check(v.optional, v.positive_float, "clip_norm",
                                        self.clip_norm))
@@ -149,9 +176,8 @@ class TuneSpec:
             if "accuracy" in self.objective:
                 raise TuneError(f"objective: {self.objective!r} is to be maximized; tuning "
                                 "minimizes, give a loss (val_loss) instead", "objective")
-        if self.name is not None and (not isinstance(self.name, str) or not self.name
-                                      or "/" in self.name):
-            raise TuneError(f"name: a non-empty string without '/', got {self.name!r}", "name")
+        if self.name is not None:
+            _check(v.study_name, "name", self.name, limits.name_length)
         if not isinstance(self.task_options, Mapping):
             raise TuneError(f"task_options: a table per task, got {self.task_options!r}",
                             "task_options")
@@ -161,7 +187,7 @@ class TuneSpec:
                                 f"task_options.{task}")
         for i, task in enumerate(self.tasks):
             try:
-                make_task(task, **dict(self.task_options.get(task, {})))
+                check_task(task, **dict(self.task_options.get(task, {})))
             except (ValueError, TypeError) as e:
                 raise TuneError(f"tasks[{i}]: {e}", f"tasks[{i}]") from None
         for i, opt in enumerate(self.optimizers):
@@ -204,7 +230,7 @@ class TuneSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description (the pruner by name, the name resolved; ``objective``
-        ``None`` for the ranking objective)."""
+        ``None`` for the ranking objective; ``limits`` only when not the defaults)."""
         return {"name": self.resolved_name, "tasks": list(self.tasks),
                 "optimizers": list(self.optimizers), "trials": self.trials,
                 "steps": self.steps, "batch_size": self.batch_size, "seed": self.seed,
@@ -212,4 +238,5 @@ class TuneSpec:
                 "schedules": list(self.schedules), "pruner": pruner_id(self.pruner),
                 "objective": self.objective, "eval_every": self.eval_every,
                 "clip_norm": self.clip_norm, "clip_value": self.clip_value,
-                "task_options": {k: dict(t) for k, t in self.task_options.items()}}
+                "task_options": {k: dict(t) for k, t in self.task_options.items()},
+                **({"limits": self.limits.changed()} if self.limits.changed() else {})}
