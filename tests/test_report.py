@@ -285,6 +285,10 @@ def test_files_and_progress(report: tuple[Path, str, list[str]]) -> None:
     assert index.name == "index.html"
     for name in ("index.html", "summary.md", "results.csv", "results.json"):
         assert (index.parent / name).stat().st_size > 0
+    # each file is written whole (a temporary file renamed): none is left behind
+    assert sorted(p.name for p in index.parent.iterdir()) == [
+        "index.html", "results.csv", "results.json", "summary.md"]
+    assert (index.parent / "results.csv").read_bytes().count(b"\r\n") >= 2  # csv's own line ends
     assert messages[0] == "overview"
     for expected in ("task rosenbrock", "task quadratic", "task mlp-digits", "memory",
                      "schedules", "environment", "batch size", "sensitivity",

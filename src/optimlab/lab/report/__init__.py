@@ -27,7 +27,9 @@ their stored dicts, read with :meth:`RunRecord.from_dict`) into
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -189,7 +191,7 @@ def write_report(records: Sequence[RunRecord | Mapping[str, Any]], out_dir: str 
     page, _ = render_page(ctx, title=title, environment=environment, progress=say,
                           tuning=tuning, advice=advice)
     index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
+    _write_whole(index, page)
     say("summary.md, results.csv, results.json")
     summary = markdown_summary(ctx.stats, title) if ctx.stats else f"# {title}\n\nNo runs.\n"
     if ctx.heldout:  # the best-per-optimizer view, one heading level down
@@ -197,12 +199,13 @@ def write_report(records: Sequence[RunRecord | Mapping[str, Any]], out_dir: str 
                                 "held-out seeds (ranked among themselves)")
         summary += "\n" + "\n".join("#" + ln if ln.startswith("#") else ln
                                      for ln in held.splitlines()) + "\n"
-    (out / "summary.md").write_text(summary, encoding="utf-8")
+    _write_whole(out / "summary.md", summary)
     header, rows = results_csv_rows(recs)
-    with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(header)
+    writer.writerows(rows)
+    _write_whole(out / "results.csv", table.getvalue())
     payload: dict[str, Any] = {
         "title": title, "study": json_safe(study), "environment": json_safe(environment),
         "ranking_definition": ranking_definition(ctx.rank_by),
@@ -213,8 +216,20 @@ def write_report(records: Sequence[RunRecord | Mapping[str, Any]], out_dir: str 
         payload["tuning"] = json_safe(list(tuning))
     if advice:
         payload["advice"] = json_safe(dict(advice))
-    (out / "results.json").write_text(
-        json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":")) + "\n",
-        encoding="utf-8")
+    _write_whole(out / "results.json", json.dumps(
+        payload, allow_nan=False, ensure_ascii=False, separators=(",", ":")) + "\n")
     say(f"report written in {time.perf_counter() - t0:.1f}s")
     return index
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so that a reader, or
+    another process writing the same report (processes sharing a study each write it), never
+    sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
