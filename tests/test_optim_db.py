@@ -26,8 +26,9 @@ Configurations run on the CPU, for-loop (``foreach=False``) and multi-tensor
 (``foreach=True``); torch's ``fused`` variants are left to one smoke test marked ``slow``
 (optimlab's ``fused`` compiles with ``torch.compile``). optim_db lists ``capturable=True``
 configurations for CUDA only; on the CPU torch.optim refuses them as optimlab does (checked).
-optim_db entries without an optimlab twin (Adafactor, ASGD, LBFGS, Muon, Rprop, SparseAdam) are
-reported as skipped.
+optim_db entries without an optimlab twin (Adafactor, ASGD, Muon, Rprop, SparseAdam) are reported
+as skipped. LBFGS, whose step needs a closure, is held here to torch's arguments and error inputs
+and in ``test_second_order_contract.py`` to torch's numerics and object properties.
 
 Test ids are ``<optimizer>-<dtype>-<torch's configuration name>``; ``+foreach`` /
 ``+differentiable`` name the variants (torch's suite names them ``& foreach``, ...).
@@ -99,7 +100,9 @@ def tolerance(dtype: torch.dtype, steps: int = STEPS, *, f32_scalars: bool = Fal
 
 # ----- the database -----------------------------------------------------------------------------
 NAMES = ("SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adadelta", "Adamax")
-INFOS = {info.name: info for info in optim_db if info.name in NAMES}
+#: Twins whose step takes a closure (checked here for arguments and errors only).
+CLOSURE_NAMES = ("LBFGS",)
+INFOS = {info.name: info for info in optim_db if info.name in (*NAMES, *CLOSURE_NAMES)}
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -252,7 +255,7 @@ def steps_like(opts: list[Optimizer], groups: list[list[Tensor]], n: int) -> Non
 @pytest.mark.parametrize("info", optim_db, ids=lambda info: info.name)
 def test_optim_db_entry_has_a_twin(info: Any) -> None:
     """Each optim_db entry with an optimlab twin takes torch's argument names and defaults."""
-    if info.name not in NAMES:
+    if info.name not in (*NAMES, *CLOSURE_NAMES):
         pytest.skip(f"optimlab has no {info.name}")
     theirs = inspect.signature(info.optim_cls.__init__).parameters
     ours = inspect.signature(getattr(ol, info.name).__init__).parameters
@@ -275,7 +278,7 @@ def numbered(descs: list[str]) -> list[str]:
 
 def error_cases() -> list[Any]:
     out = []
-    for name in NAMES:
+    for name in (*NAMES, *CLOSURE_NAMES):
         errs = INFOS[name].optim_error_inputs_func(device="cpu", dtype=torch.float32)
         ids = numbered([e.optimizer_error_input.desc for e in errs])
         out += [pytest.param(name, torch.float32, i, id=f"{name}-float32-{desc}")

@@ -26,7 +26,9 @@ if TYPE_CHECKING:  # the names of __all__, for type checkers
 __version__ = "0.1.0"
 
 __all__ = [
+    "BFGS",
     "EMA",
+    "LBFGS",
     "NONFINITE_POLICIES",
     "OPTIMIZERS",
     "SGD",
@@ -38,11 +40,15 @@ __all__ = [
     "AdamW",
     "Adamax",
     "ChainOptimizer",
+    "Evaluations",
     "GradientAccumulator",
     "LRFinderResult",
     "Lookahead",
     "NAdam",
+    "Newton",
+    "NewtonCG",
     "NonFiniteGradientError",
+    "NonFiniteLossError",
     "RAdam",
     "RMSprop",
     "ReduceOnPlateau",
@@ -52,6 +58,8 @@ __all__ = [
     "WeightAverage",
     "averaging",
     "chain",
+    "krylov",
+    "linesearch",
     "lookahead",
     "lr_finder",
     "lr_range_test",
@@ -71,8 +79,8 @@ __all__ = [
 # ``__init__`` would.
 
 #: The names of __all__ that are submodules (the others are defined in submodules).
-_SUBMODULES = ("averaging", "lookahead", "lr_finder", "precision", "schedules", "telemetry",
-               "transforms")
+_SUBMODULES = ("averaging", "krylov", "linesearch", "lookahead", "lr_finder", "precision",
+               "schedules", "telemetry", "transforms")
 
 
 def __getattr__(name: str) -> Any:

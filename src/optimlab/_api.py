@@ -6,13 +6,39 @@ with it the ``optimlab`` command's --help and --version) does not import torch.
 
 # ruff: noqa: F401 (every import is re-exported by optimlab/__init__.py)
 
-from . import averaging, lookahead, lr_finder, precision, schedules, telemetry, transforms
+from . import (
+    averaging,
+    krylov,
+    linesearch,
+    lookahead,
+    lr_finder,
+    precision,
+    schedules,
+    telemetry,
+    transforms,
+)
 from .accumulation import GradientAccumulator
 from .averaging import EMA, SWA, SWALR, WeightAverage, update_bn
 from .chain import NONFINITE_POLICIES, ChainOptimizer, NonFiniteGradientError, chain
 from .lookahead import Lookahead
 from .lr_finder import LRFinderResult, lr_range_test
-from .optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
+from .optimizers import (
+    BFGS,
+    LBFGS,
+    SGD,
+    Adadelta,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    Evaluations,
+    NAdam,
+    Newton,
+    NewtonCG,
+    NonFiniteLossError,
+    RAdam,
+    RMSprop,
+)
 from .precision import stochastic_round, stochastic_round_
 from .schedules import ReduceOnPlateau, ScheduledHyperparameter, ScheduledLR
 from .telemetry import Telemetry, vanishing_exploding

@@ -1,5 +1,11 @@
-"""Named optimizers: drop-in replacements for torch.optim classes of the same name."""
+"""Named optimizers: drop-in replacements for torch.optim classes of the same name, and the
+closure-driven second-order and quasi-Newton methods (Newton, NewtonCG, BFGS, LBFGS)."""
 
+from ._closure import Evaluations, NonFiniteLossError
 from .classic import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
+from .quasi_newton import BFGS, LBFGS
+from .second_order import Newton, NewtonCG
 
-__all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop"]
+__all__ = ["BFGS", "LBFGS", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax",
+           "Evaluations", "NAdam", "Newton", "NewtonCG", "NonFiniteLossError", "RAdam",
+           "RMSprop"]
