@@ -8,8 +8,12 @@ qkv, out-proj and 4x MLP weights and biases and two LayerNorms; a final LayerNor
 run with representative settings (SGD momentum 0.9, AdamW weight decay 0.01, the rest at
 torch.optim's defaults) by up to five implementations:
 
-* ``optimlab``          optimlab's default eager path (``torch._foreach_*`` kernels);
+* ``optimlab``          optimlab's default eager path (``torch._foreach_*`` kernels; on the CPU
+                        one cache-sized tile at a time), ``nonfinite`` as ``--nonfinite`` says
+                        (the library default, ``"raise"``, unless told otherwise);
 * ``optimlab fused``    optimlab with ``fused=True`` (the update rules compiled by torch.compile);
+* ``torch default``     ``torch.optim.X(...)`` with neither ``foreach`` nor ``fused``: what a user
+                        gets (on the CPU its for-loop, one tensor at a time; on CUDA foreach);
 * ``torch foreach``     ``torch.optim.X(..., foreach=True)``;
 * ``torch fused``       ``torch.optim.X(..., fused=True)``, where torch has it for the device
                         (found by trying; "n/a" otherwise);
@@ -39,6 +43,8 @@ How to read the ratios
   fused kernel for the optimizer; the column ``base`` in the JSON says which). Below 1 is faster
   than torch.optim. Interleaved (CPU), it is the median of the per-round ratios, so that the
   machine's drift between rounds cancels.
+* ``vs default``: the same, over torch.optim's default step (``torch default``): the drop-in
+  comparison (``optimlab.X(...)`` for ``torch.optim.X(...)``, no other argument changed).
 * ``vs floor``: median time over the byte-floor time. 1.0 means the step runs at the measured
   copy bandwidth; 3.0 means three times slower than memory allows (extra passes over the
   tensors, launch overhead, ...). Small parameter sets that fit in cache can read below 1.
@@ -117,7 +123,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "adamax": {"lr": 2e-3},
 }
 
-IMPLS = ("optimlab", "optimlab fused", "optimlab fused bf16", "torch foreach", "torch fused",
+IMPLS = ("optimlab", "optimlab fused", "optimlab fused bf16", "torch default", "torch foreach",
+         "torch fused",
          "torch compiled")
 #: Implementations run unless --impls says otherwise ("optimlab fused bf16": --bf16-states).
 DEFAULT_IMPLS = tuple(i for i in IMPLS if i != "optimlab fused bf16")
@@ -289,6 +296,7 @@ class Result:
     first_step_peak_bytes: int | None = None  # CUDA only: the first step (compile included)
     leftover_bytes: int | None = None  # CUDA only: still allocated after the cleanup
     vs_torch: float = float("nan")
+    vs_default: float = float("nan")  # over torch.optim's default step (paired when interleaved)
     vs_floor: float = float("nan")
     floor_ms: float = float("nan")  # this implementation's own byte floor (bf16 states: less)
     host_ms: float = float("nan")  # CUDA only: median host time of a step (no device wait)
@@ -308,6 +316,8 @@ def build(impl: str, name: str, params: list[torch.nn.Parameter], nonfinite: str
     elif impl == "optimlab fused bf16":
         opt = ol_cls(params, **kwargs, nonfinite=nonfinite, fused=True,
                      state_dtype=torch.bfloat16)
+    elif impl == "torch default":
+        opt = torch_cls(params, **kwargs)
     elif impl == "torch foreach":
         opt = torch_cls(params, **kwargs, foreach=True)
     elif impl == "torch fused":
@@ -465,7 +475,7 @@ def mib(n: int) -> str:
 def print_table(rows: list[dict[str, Any]], device: torch.device) -> None:
     mem_head = "peak MiB" if device.type == "cuda" else "state MiB"
     head = (f"{'optimizer':<10} {'impl':<15} {'median ms':>10} {'vs torch':>9} "
-            f"{'vs floor':>9} {'first s':>8} {mem_head:>10}")
+            f"{'vs default':>10} {'vs floor':>9} {'first s':>8} {mem_head:>10}")
     print(head)
     print("-" * len(head))
     for row in rows:
@@ -476,9 +486,9 @@ def print_table(rows: list[dict[str, Any]], device: torch.device) -> None:
                 continue
             mem = r.peak_memory_bytes if device.type == "cuda" else r.state_bytes
             print(f"{name:<10} {r.impl:<15} {r.median_ms:>10.3f} {fmt(r.vs_torch, '.2f'):>9} "
-                  f"{fmt(r.vs_floor, '.2f'):>9} {fmt(r.first_step_s, '.2f'):>8} "
-                  f"{mib(mem or 0):>10}")
-        print(f"{'':<10} {'byte floor':<15} {row['floor_ms']:>10.3f} {'':>9} {'1.00':>9} "
+                  f"{fmt(r.vs_default, '.2f'):>10} {fmt(r.vs_floor, '.2f'):>9} "
+                  f"{fmt(r.first_step_s, '.2f'):>8} {mib(mem or 0):>10}")
+        print(f"{'':<10} {'byte floor':<15} {row['floor_ms']:>10.3f} {'':>9} {'':>10} {'1.00':>9} "
               f"{'':>8} {'':>10}   ({row['bytes_per_param']} B/param)")
 
 
@@ -501,6 +511,14 @@ def summarize(row: dict[str, Any]) -> str:
         lines.append(f"{row['name']}: best optimlab = {a.impl} {a.median_ms:.3f} ms "
                      f"({a.vs_floor:.2f}x floor), best torch = {b.impl} {b.median_ms:.3f} ms "
                      f"({b.vs_floor:.2f}x floor) -> optimlab {ratio:.2f}x ({verdict})")
+    default = [r for r in ok if r.impl == "optimlab"]
+    theirs_default = [r for r in ok if r.impl == "torch default"]
+    if default and theirs_default:
+        ratio = default[0].vs_default
+        lines.append(f"{row['name']}: drop-in default: optimlab {default[0].median_ms:.3f} ms, "
+                     f"torch.optim default {theirs_default[0].median_ms:.3f} ms -> optimlab "
+                     f"{ratio:.2f}x ({'at most' if ratio <= 1 else 'SLOWER than'} torch's "
+                     "default)")
     bf16 = [r for r in ok if r.impl == "optimlab fused bf16"]
     fp32 = [r for r in ok if r.impl == "optimlab fused"]
     if bf16 and fp32:
@@ -549,6 +567,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="time all implementations of an optimizer together, one step each "
                          "in turn (default: on for CPU; off for CUDA, where 1B parameters do "
                          "not fit five times)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch's intra-op threads (torch.set_num_threads) for every "
+                         "implementation (default: torch's own choice); 1 makes CPU timings "
+                         "less sensitive to other processes on a shared machine")
     ap.add_argument("--bandwidth-mib", type=int, default=None,
                     help="size of the copied tensor (default 256 on CPU, 2048 on CUDA)")
     ap.add_argument("--json", type=Path, default=None, metavar="PATH",
@@ -584,6 +606,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.impls = impls
     if args.tensors is not None and args.tensors < 15:
         ap.error(f"--tensors must be at least 15, got {args.tensors}")
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be at least 1, got {args.threads}")
     if args.repeat < 1 or args.warmup < 0 or args.params < 1 or args.layers < 1:
         ap.error("--repeat and --layers must be >= 1, --warmup >= 0, --params >= 1")
     return args
@@ -591,6 +615,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     if args.torch_compiled:
@@ -671,14 +697,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {name:<9} {impl:<15} {shown}", file=sys.stderr, flush=True)
         by_impl = {r.impl: r for r in results if r.status == "ok"}
         base = by_impl.get("torch fused") or by_impl.get("torch foreach")
+        default = by_impl.get("torch default")
         for r in results:
             if r.status == "ok":
-                if base is not None and args.interleave:
-                    # paired: the median of the per-round ratios (a drifting machine cancels)
-                    r.vs_torch = statistics.median(
-                        a / b for a, b in zip(r.times_ms, base.times_ms, strict=True))
-                elif base is not None:
-                    r.vs_torch = r.median_ms / base.median_ms
+                r.vs_torch = ratio(r, base, args.interleave)
+                r.vs_default = ratio(r, default, args.interleave)
                 own = bf16_floor_s if r.impl == "optimlab fused bf16" else floor_s
                 r.floor_ms = 1e3 * own
                 r.vs_floor = r.median_ms / r.floor_ms
@@ -702,6 +725,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, r in errors:
         print(f"ERROR {name} {r.impl}: {r.note}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def ratio(r: Result, base: Result | None, paired: bool) -> float:
+    """``r``'s time over ``base``'s: interleaved, the median of the per-round ratios (a
+    drifting machine cancels); otherwise the ratio of the medians. NaN without a base."""
+    if base is None:
+        return float("nan")
+    if paired:
+        return statistics.median(a / b for a, b in zip(r.times_ms, base.times_ms, strict=True))
+    return r.median_ms / base.median_ms
 
 
 def _nan_to_none(x: Any) -> Any:

@@ -9,7 +9,10 @@ parameters without ``.grad`` skipped and ``.grad`` never modified or deleted.
 Two execution paths share the same transform code:
 
 * eager (default): torch's ``_foreach_*`` kernels, one launch per list
-  (``foreach=False``: one tensor at a time, lower peak memory);
+  (``foreach=False``: one tensor at a time, lower peak memory); on the CPU, chains of
+  elementwise rules run one cache-sized tile at a time (:mod:`optimlab._tiling`, the same
+  bits), and a rule whose result is a quotient (Adam's) has it added to the parameters with
+  one ``addcdiv``, as torch.optim does (:class:`~optimlab.transforms.base.Deferred`);
 * ``fused=True``: the whole chain is compiled with ``torch.compile`` into fused kernels; the
   per-step scalars are graph inputs, so a changing learning rate or step count never
   recompiles. The first step pays the compile (cached on disk across processes).
@@ -50,6 +53,7 @@ from . import _ops as ops
 from ._checkpoint import MARKER, check_state_dict, saved_by
 from ._compiled import CompiledStep
 from ._state import MutationCounter, TrackedState
+from ._tiling import tileable, tiles
 from ._transaction import (
     PARTIAL_NOTE,
     StepUndo,
@@ -63,7 +67,7 @@ from ._transaction import (
 )
 from .precision import stochastic_round_, stochastic_round_hashed
 from .transforms.adaptive import scalar_dtype
-from .transforms.base import Bucket, Transform, check_range
+from .transforms.base import Bucket, Deferred, Transform, check_range
 from .transforms.scaling import ScaleByLearningRate
 
 __all__ = ["NONFINITE_POLICIES", "ChainOptimizer", "NonFiniteGradientError", "chain"]
@@ -494,7 +498,7 @@ class ChainOptimizer(Optimizer):
             elif self.defaults.get("differentiable"):
                 info = run_recorded(buckets, chains, groups, scalars, maximize)
             else:
-                info = run_chains(buckets, chains, groups, scalars, maximize)
+                info = run_tiled(buckets, chains, groups, scalars, maximize)
         except BaseException as e:
             undo.rollback()
             self._plan = None
@@ -824,7 +828,8 @@ def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
             torch._foreach_add_(b.steps, 1.0)
         for k, vs in b.stored.items():
             b.state[k] = [v.to(b.params[0].dtype) for v in vs]
-    us = [ops.neg(b.grads) if mx else list(b.grads) for b, mx in zip(buckets, maximize)]
+    us: list[list[Tensor] | Deferred] = [ops.neg(b.grads) if mx else list(b.grads)
+                                         for b, mx in zip(buckets, maximize)]
     depth = max(len(c) for c in chains)
     for k in range(depth):
         at_k = [i for i, c in enumerate(chains) if len(c) > k]
@@ -835,6 +840,7 @@ def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
         for idx in sharing.values():
             t = chains[idx[0]][k]
             for i in idx:
+                us[i] = _materialized(us[i])
                 if buckets[i].sparse:
                     us[i] = _dense(us[i])
             stat = t.global_stat([us[i] for i in idx], groups[idx[0]])
@@ -842,23 +848,9 @@ def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
             for i in idx:
                 scalars[i][k] = {**scalars[i][k], "stat": stat}
         for i in at_k:
-            t = chains[i][k]
-            last = len(chains[i]) - 1
-            if k == last and isinstance(t, ScaleByLearningRate):
-                ops.add_(buckets[i].params, us[i], scalars[i][k]["neg_lr"])
-                us[i] = []
-            elif (k == last - 1 and isinstance(chains[i][last], ScaleByLearningRate)
-                  and t.fold_into_step(buckets[i], scalars[i][k])):
-                continue
-            else:
-                if buckets[i].sparse and not t.accepts_sparse(scalars[i][k]):
-                    us[i] = _dense(us[i])
-                us[i] = t.apply(us[i], buckets[i], scalars[i][k])
+            us[i] = _stage(chains[i], k, buckets[i], us[i], scalars[i][k])
     for i, b in enumerate(buckets):
-        if us[i]:
-            ops.add_(b.params, us[i])
-        for t, sc in zip(chains[i], scalars[i]):
-            t.after_step(b, sc)
+        _finish(chains[i], b, us[i], scalars[i])
         for j, k in enumerate(sorted(b.stored)):
             vs = b.stored[k]
             rounded = [stochastic_round_hashed(v.float(), b.seed, salt=(i * 64 + j) * 65536 + n)
@@ -866,6 +858,69 @@ def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
             ops.copy_(vs, rounded)
             b.state[k] = vs
     return info
+
+
+def _stage(chain_: tuple[Transform, ...], k: int, b: Bucket, u: list[Tensor] | Deferred,
+           sc: dict[str, Any]) -> list[Tensor] | Deferred:
+    """Rule ``k`` of a bucket's chain on the update ``u``: the new update (``[]`` once it was
+    added to the parameters by the final ``scale_by_learning_rate``).
+
+    The last rules before that step may leave their update :class:`Deferred` (a quotient not
+    multiplied out), which the step adds to the parameters term by term; a rule in between
+    that does not fold into the step, like any other reader, gets it multiplied out."""
+    t = chain_[k]
+    last = len(chain_) - 1
+    to_step = isinstance(chain_[last], ScaleByLearningRate)
+    if k == last and to_step:
+        if isinstance(u, Deferred):
+            u.add_to(b.params, sc["neg_lr"])
+        else:
+            ops.add_(b.params, u, sc["neg_lr"])
+        return []
+    if k == last - 1 and to_step and t.fold_into_step(b, sc):
+        return u
+    u = _materialized(u)
+    if b.sparse and not t.accepts_sparse(sc):
+        u = _dense(u)
+    if to_step and k >= last - 2:
+        return t.apply_deferred(u, b, sc)
+    return t.apply(u, b, sc)
+
+
+def _materialized(u: list[Tensor] | Deferred) -> list[Tensor]:
+    return u.materialize() if isinstance(u, Deferred) else u
+
+
+def _finish(chain_: tuple[Transform, ...], b: Bucket, u: list[Tensor] | Deferred,
+            scs: list[dict[str, Any]]) -> None:
+    """Add what is left of the update (a chain not ending with the learning rate) and run the
+    rules' steps after the update (proximal steps)."""
+    if isinstance(u, Deferred):
+        u.add_to(b.params, 1.0)
+    elif u:
+        ops.add_(b.params, u)
+    for t, sc in zip(chain_, scs):
+        t.after_step(b, sc)
+
+
+def run_tiled(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
+              groups: list[dict[str, Any]], scalars: list[list[dict[str, Any]]],
+              maximize: list[bool]) -> dict[str, Tensor]:
+    """:func:`run_chains` one cache-sized tile at a time (:mod:`optimlab._tiling`: the eager
+    step on the CPU, for chains of elementwise rules; the same result, bit for bit), or
+    :func:`run_chains` itself where tiles do not apply."""
+    if not tileable(buckets, chains):
+        return run_chains(buckets, chains, groups, scalars, maximize)
+    for b in buckets:
+        if b.steps:
+            torch._foreach_add_(b.steps, 1.0)
+    for b, chain_, scs, mx in zip(buckets, chains, scalars, maximize):
+        for tile in tiles(b):
+            u = ops.neg(tile.grads) if mx else list(tile.grads)
+            for k in range(len(chain_)):
+                u = _stage(chain_, k, tile, u, scs[k])
+            _finish(chain_, tile, u, scs)
+    return {}
 
 
 def run_recorded(buckets: list[Bucket], chains: list[tuple[Transform, ...]],

@@ -20,7 +20,7 @@ from .adaptive import (
     scale_by_radam,
     scale_by_rms,
 )
-from .base import Bucket, Transform, check_range
+from .base import Bucket, Deferred, Transform, check_range
 from .clipping import ClipByGlobalNorm, ClipByValue, clip_by_global_norm, clip_by_value
 from .momentum import Trace, trace
 from .regularization import AddWeights, L1Proximal, add_decayed_weights, add_l2, l1_proximal
@@ -38,6 +38,7 @@ __all__ = [
     "Bucket",
     "ClipByGlobalNorm",
     "ClipByValue",
+    "Deferred",
     "L1Proximal",
     "Scale",
     "ScaleByAdadelta",

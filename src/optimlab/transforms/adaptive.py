@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _ops as ops
-from .base import Bucket, Transform, check_range, zeros_like
+from .base import Bucket, Deferred, Transform, check_range, zeros_like
 
 __all__ = [
     "ScaleByAdadelta",
@@ -73,6 +73,8 @@ class ScaleByAdagrad(Transform):
     gets ``out = 0``. Group keys: ``eps``, ``initial_accumulator_value``; state: ``sum``.
     """
 
+    elementwise = True
+
     state_keys = ("sum",)
 
     def validate(self, group: Mapping[str, Any]) -> None:
@@ -93,14 +95,21 @@ class ScaleByAdagrad(Transform):
         return True
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        return _materialized(self.apply_deferred(u, b, sc))
+
+    def apply_deferred(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]
+                       ) -> list[Tensor] | Deferred:
         acc = b.state[self.sk("sum")]
         if b.sparse and u[0].is_sparse:  # one parameter per sparse bucket
             return [_sparse_adagrad(u[0], acc[0], sc["eps"])]
         ops.addcmul_(acc, u, u, 1.0)
         std = ops.sqrt(acc)
         ops.add_scalar_(std, sc["eps"])
-        ops.rdiv_(std, u)
-        return std
+        return Deferred([(u, 1.0)], std)
+
+
+def _materialized(u: list[Tensor] | Deferred) -> list[Tensor]:
+    return u.materialize() if isinstance(u, Deferred) else u
 
 
 def _sparse_adagrad(u: Tensor, acc: Tensor, eps: float) -> Tensor:
@@ -131,6 +140,8 @@ class ScaleByRms(Transform):
     Group keys: ``alpha``, ``eps``, ``centered``; state: ``square_avg``, ``grad_avg``.
     """
 
+    elementwise = True
+
     state_keys = ("square_avg", "grad_avg")
 
     def validate(self, group: Mapping[str, Any]) -> None:
@@ -151,6 +162,9 @@ class ScaleByRms(Transform):
                 "eps": float(self.hp(group, "eps")), "centered": bool(self.hp(group, "centered"))}
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        return self.apply_deferred(u, b, sc).materialize()
+
+    def apply_deferred(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> Deferred:
         sq = b.state[self.sk("square_avg")]
         ops.mul_(sq, sc["alpha"])
         ops.addcmul_(sq, u, u, sc["one_minus_alpha"])
@@ -163,8 +177,7 @@ class ScaleByRms(Transform):
         else:
             avg = ops.sqrt(sq)
         ops.add_scalar_(avg, sc["eps"])
-        ops.rdiv_(avg, u)
-        return avg
+        return Deferred([(u, 1.0)], avg)
 
 
 def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False) -> ScaleByRms:
@@ -174,6 +187,8 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
 
 class _Moments(Transform):
     """Shared validation and first-moment state for the Adam family."""
+
+    elementwise = True
 
     def validate(self, group: Mapping[str, Any]) -> None:
         _check_betas(self, group)
@@ -227,11 +242,14 @@ class ScaleByAdam(_Moments):
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
         b1, b2 = self._betas(group)
-        return {**self._moment_scalars(group), "bc1": 1.0 - b1**b.step,
+        return {**self._moment_scalars(group), "inv_bc1": 1.0 / (1.0 - b1**b.step),
                 "bc2_sqrt": math.sqrt(1.0 - b2**b.step),
                 "amsgrad": bool(self.hp(group, "amsgrad"))}
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        return self.apply_deferred(u, b, sc).materialize()
+
+    def apply_deferred(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> Deferred:
         m, v = self._update_moments(u, b, sc)
         if sc["amsgrad"]:
             v_max = b.state[self.sk("max_exp_avg_sq")]
@@ -240,9 +258,7 @@ class ScaleByAdam(_Moments):
         denom = ops.sqrt(v)
         ops.div_(denom, sc["bc2_sqrt"])
         ops.add_scalar_(denom, sc["eps"])
-        ops.mul_(denom, sc["bc1"])
-        ops.rdiv_(denom, m)
-        return denom
+        return Deferred([(m, sc["inv_bc1"])], denom)
 
 
 def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
@@ -271,6 +287,9 @@ class ScaleByAdamax(_Moments):
         return {**self._moment_scalars(group), "inv_bc1": 1.0 / (1.0 - b1**b.step)}
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        return self.apply_deferred(u, b, sc).materialize()
+
+    def apply_deferred(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> Deferred:
         m = self._update_first(u, b, sc)
         w = b.state[self.sk("exp_inf")]
         ops.mul_(w, sc["b2"])
@@ -278,10 +297,7 @@ class ScaleByAdamax(_Moments):
         ops.abs_(norm)
         ops.add_scalar_(norm, sc["eps"])
         ops.maximum_(w, norm)
-        ops.copy_(norm, w)  # reuse the buffer for the output
-        ops.rdiv_(norm, m)
-        ops.mul_(norm, sc["inv_bc1"])
-        return norm
+        return Deferred([(m, sc["inv_bc1"])], w)
 
 
 def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ScaleByAdamax:
@@ -327,14 +343,14 @@ class ScaleByNAdam(_Moments):
         ops.mul_(b.state[self.sk("mu_product")], sc["mu"])
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        return self.apply_deferred(u, b, sc).materialize()
+
+    def apply_deferred(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> Deferred:
         m, v = self._update_moments(u, b, sc)
         denom = ops.sqrt(v)
         ops.div_(denom, sc["bc2_sqrt"])
         ops.add_scalar_(denom, sc["eps"])
-        out = ops.div(u, denom)
-        ops.mul_(out, sc["c_grad"])
-        ops.addcdiv_(out, m, denom, sc["c_avg"])
-        return out
+        return Deferred([(u, sc["c_grad"]), (m, sc["c_avg"])], denom)
 
 
 def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
@@ -375,14 +391,15 @@ class ScaleByRAdam(_Moments):
         return sc
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
+        return self.apply_deferred(u, b, sc).materialize()
+
+    def apply_deferred(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> Deferred:
         m, v = self._update_moments(u, b, sc)
         if not sc["rectified"]:
-            return ops.mul(m, sc["inv_bc1"])
+            return Deferred([(m, sc["inv_bc1"])])
         denom = ops.sqrt(v)
         ops.add_scalar_(denom, sc["eps"])
-        ops.rdiv_(denom, m)
-        ops.mul_(denom, sc["coef"])
-        return denom
+        return Deferred([(m, sc["coef"])], denom)
 
 
 def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ScaleByRAdam:
@@ -399,6 +416,8 @@ class ScaleByAdadelta(Transform):
 
     Group keys: ``rho``, ``eps``; state: ``square_avg``, ``acc_delta``.
     """
+
+    elementwise = True
 
     state_keys = ("square_avg", "acc_delta")
 

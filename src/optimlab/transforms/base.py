@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +41,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Bucket", "Transform", "check_range"]
+from .. import _ops as ops
+
+__all__ = ["Bucket", "Deferred", "Transform", "check_range"]
 
 
 @dataclass
@@ -69,6 +72,54 @@ class Bucket:
     #: sparse update to the rules that :meth:`Transform.accepts_sparse` and densifies it before
     #: the others.
     sparse: bool = False
+
+
+@dataclass
+class Deferred:
+    """An update not yet multiplied out: ``sum_i scale_i * num_i / den`` (no division where
+    ``den`` is ``None``), returned by :meth:`Transform.apply_deferred`.
+
+    When only the learning rate (and rules that fold into the step) follow, the chain adds
+    ``-lr`` times it to the parameters term by term, ``p <- p + (-lr * scale_i) * num_i / den``
+    (one ``addcdiv`` each, torch.optim's own final step), instead of computing the quotient
+    into a new tensor and adding that. Anything else first gets :meth:`materialize`'s list.
+    """
+
+    #: ``(num_i, scale_i)``: ``scale_i`` a number (eager) or a 0-dim tensor (compiled). The
+    #: tensors are the rule's states or temporaries, never the parameters (which rules that
+    #: fold into the step change before the update is added).
+    terms: list[tuple[list[Tensor], Any]]
+    den: list[Tensor] | None = None
+
+    def materialize(self) -> list[Tensor]:
+        """The update as a new list of tensors."""
+        (num, scale), rest = self.terms[0], self.terms[1:]
+        if self.den is None:
+            out = ops.mul(num, scale)
+            for num_i, scale_i in rest:
+                ops.add_(out, num_i, scale_i)
+            return out
+        out = ops.div(num, self.den)
+        if not (isinstance(scale, float) and scale == 1.0):
+            ops.mul_(out, scale)
+        for num_i, scale_i in rest:
+            ops.addcdiv_(out, num_i, self.den, scale_i)
+        return out
+
+    def add_to(self, params: list[Tensor], alpha: Any) -> None:
+        """``p <- p + alpha * update``, one pass per term.
+
+        A number ``alpha`` is first rounded to the precision the kernels compute in (float32,
+        or float64 for float64 and complex128 parameters), as a scalar passed to a kernel on
+        its own is: the step then depends on the learning rate only as the kernels see it, so
+        a float32 tensor ``lr`` and the number it was made from give the same bits."""
+        if isinstance(alpha, float) and params[0].dtype not in (torch.float64, torch.complex128):
+            alpha = struct.unpack("f", struct.pack("f", alpha))[0]
+        for num, scale in self.terms:
+            if self.den is None:
+                ops.add_(params, num, alpha * scale)
+            else:
+                ops.addcdiv_(params, num, self.den, alpha * scale)
 
 
 def _tensor_number(name: str, value: Tensor) -> float | int | bool:
@@ -223,6 +274,16 @@ class Transform:
         """Return the transformed update list."""
         return u
 
+    def apply_deferred(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]
+                       ) -> list[Tensor] | Deferred:
+        """:meth:`apply`, or the same update as a :class:`Deferred` quotient that the chain
+        adds to the parameters without multiplying it out (the default is :meth:`apply`).
+        Rules whose result is a quotient (Adam's ``m / (sqrt(v) + eps)``) return the
+        :class:`Deferred` and write :meth:`apply` as its :meth:`~Deferred.materialize`, so
+        that the math stays written once. The chain calls it instead of :meth:`apply` only
+        where the learning-rate step, or a rule that folds into it, comes next."""
+        return self.apply(u, b, sc)
+
     def host_update(self, b: Bucket, sc: Mapping[str, Any]) -> None:
         """Update this rule's host-side state (scalar tensors on the CPU, such as NAdam's
         ``mu_product``) for the step, with the scalars :meth:`prepare` computed from the old
@@ -249,6 +310,15 @@ class Transform:
 
     #: True if :meth:`global_stat` must see every bucket before :meth:`apply` runs.
     needs_global = False
+
+    #: True if every element that :meth:`apply`, :meth:`fold_into_step` and
+    #: :meth:`after_step` write is computed from the same element of their inputs, parameters
+    #: and per-element states alone (with the scalars of :meth:`prepare`): the chain may then
+    #: run the rule on slices of the tensors (cache-sized tiles on the CPU,
+    #: :mod:`optimlab._tiling`) with the same result. False by default: a rule that reads a
+    #: tensor's shape or a statistic over a tensor (factored moments, orthogonalization)
+    #: must see whole tensors.
+    elementwise = False
 
     def global_stat(self, us: list[list[Tensor]], group: Mapping[str, Any]) -> Tensor:
         """A statistic over all buckets' updates (e.g. the global gradient norm)."""

@@ -58,6 +58,8 @@ def clip_by_global_norm(max_norm: float, norm_type: float = 2.0) -> ClipByGlobal
 class ClipByValue(Transform):
     """``out = clamp(u, -clip_value, clip_value)`` elementwise. Group key: ``clip_value``."""
 
+    elementwise = True
+
     def validate(self, group: Mapping[str, Any]) -> None:
         check_range(self.hk("clip_value"), self.hp(group, "clip_value"), low=0.0, high=None,
                     low_open=True)

@@ -28,6 +28,8 @@ class Trace(Transform):
     ``momentum_buffer``.
     """
 
+    elementwise = True
+
     state_keys = ("momentum_buffer",)
 
     def validate(self, group: Mapping[str, Any]) -> None:
@@ -60,6 +62,9 @@ class Trace(Transform):
 
     def accepts_sparse(self, sc: Mapping[str, Any]) -> bool:
         return not sc["on"]
+
+    def fold_into_step(self, b: Bucket, sc: Mapping[str, Any]) -> bool:
+        return not sc["on"]  # off, the rule is the identity: nothing to do
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         if not sc["on"]:

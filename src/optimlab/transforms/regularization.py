@@ -26,6 +26,8 @@ class AddWeights(Transform):
     ``weight_decay = 0`` turns the rule off. Group key: ``weight_decay``.
     """
 
+    elementwise = True
+
     def validate(self, group: Mapping[str, Any]) -> None:
         check_range(self.hk("weight_decay"), self.hp(group, "weight_decay"), low=0.0, high=None)
 
@@ -67,6 +69,8 @@ class L1Proximal(Transform):
     which sets small weights to exactly zero, unlike a subgradient of ``l1 * |p|``. The
     threshold is scaled by the group's ``lr``. Group key: ``l1``.
     """
+
+    elementwise = True
 
     def validate(self, group: Mapping[str, Any]) -> None:
         check_range(self.hk("l1"), self.hp(group, "l1"), low=0.0, high=None)

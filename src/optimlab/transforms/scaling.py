@@ -27,6 +27,8 @@ class ScaleByLearningRate(Transform):
     appended when missing) and fuses it into the final ``p <- p + out``. Group key: ``lr``.
     """
 
+    elementwise = True
+
     def validate(self, group: Mapping[str, Any]) -> None:
         check_range(self.hk("lr"), self.hp(group, "lr"), low=0.0, high=None)
 
@@ -47,6 +49,8 @@ def scale_by_learning_rate(lr: float = 1e-3) -> ScaleByLearningRate:
 
 class Scale(Transform):
     """``out = factor * u`` for a constant ``factor`` (group key ``factor``)."""
+
+    elementwise = True
 
     def validate(self, group: Mapping[str, Any]) -> None:
         check_range(self.hk("factor"), self.hp(group, "factor"))
@@ -72,6 +76,8 @@ class ScaleByInverseTimeDecay(Transform):
     Duchi et al. (2011) as implemented by torch.optim.Adagrad. Group key: ``lr_decay``.
     """
 
+    elementwise = True
+
     def validate(self, group: Mapping[str, Any]) -> None:
         check_range(self.hk("lr_decay"), self.hp(group, "lr_decay"), low=0.0, high=None)
 
@@ -84,6 +90,9 @@ class ScaleByInverseTimeDecay(Transform):
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         return ops.mul(u, sc["factor"]) if sc["on"] else u
+
+    def fold_into_step(self, b: Bucket, sc: Mapping[str, Any]) -> bool:
+        return not sc["on"]  # off, the rule is the identity: nothing to do
 
 
 def scale_by_inverse_time_decay(lr_decay: float = 0.0) -> ScaleByInverseTimeDecay:
