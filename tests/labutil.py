@@ -13,12 +13,15 @@ TIMING = {"train_seconds", "wall_seconds", "time_to_target", "peak_memory_bytes"
 
 def stable(record: Any) -> dict:
     """A run record (a RunRecord or its dict) without its wall-clock and memory
-    measurements."""
+    measurements and its population size."""
     if not isinstance(record, dict):
         record = record.to_dict()
     out = {k: v for k, v in record.items() if k not in TIMING}
     out["curve"] = {k: v for k, v in record["curve"].items() if k != "time"}
     out["evals"] = {k: v for k, v in record["evals"].items() if k != "time"}
+    # how many members trained together is an execution fact, like the wall clock
+    out["scalars"] = {k: v for k, v in record.get("scalars", {}).items()
+                      if k != "population_size"}
     return out
 
 

@@ -268,7 +268,7 @@ def test_a_killed_compare_process_is_taken_over_by_the_one_still_running(tmp_pat
 TUNE_SCRIPT = '''
 import json, os, sys, time
 from pathlib import Path
-import optimlab.lab.study as study
+import optimlab.lab.batching as batching
 import optimlab.lab.tuning.run as run
 from optimlab.lab.tune import TuneSpec, tune
 
@@ -276,7 +276,7 @@ first = [True]
 
 
 def counted(execute):
-    def wrapper(config, **kwargs):
+    def wrapper(config, **kwargs):  # a run's config, or a population's list of them
         if first[0]:
             first[0] = False
             with open(os.environ["COUNT_READY"], "a") as f:
@@ -285,13 +285,15 @@ def counted(execute):
             while not Path(os.environ["COUNT_GO"]).exists() and time.monotonic() < deadline:
                 time.sleep(0.02)
         with open(os.environ["COUNT_LOG"], "a") as f:
-            f.write(json.dumps([config.optimizer, config.hyperparams, config.seed]) + "\\n")
+            for c in config if isinstance(config, list) else [config]:
+                f.write(json.dumps([c.optimizer, c.hyperparams, c.seed]) + "\\n")
         return execute(config, **kwargs)
     return wrapper
 
 
 run.execute = counted(run.execute)
-study.execute = counted(study.execute)
+batching.execute = counted(batching.execute)
+batching.execute_population = counted(batching.execute_population)
 spec = TuneSpec(**json.loads(sys.argv[2]))
 out = tune(spec, sys.argv[1], workers=1, rerun=True)
 print(json.dumps([[r.optimizer, r.best_value, r.best_params, r.ran] for r in out.results]))

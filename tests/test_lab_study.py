@@ -260,7 +260,7 @@ def test_a_study_resumes_and_a_diverging_run_does_not_stop_it(tmp_path: Path) ->
     spec = _spec(hyperparams={"sgd": {"lr": [0.01, 1.0]}}, heldout_seeds=0)
     store = open_store(tmp_path / "r.db")
     seen = []
-    out = run_study(spec, store, executor=InlineExecutor(),
+    out = run_study(spec, store, executor=InlineExecutor(), population="off",
                     progress=lambda d, t, r: seen.append((d, t, r.status, r.label)))
     assert (out.planned, out.skipped, out.executed) == (6, 0, 6)
     assert [d for d, _, _, _ in seen] == [1, 2, 3, 4, 5, 6]

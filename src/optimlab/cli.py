@@ -236,7 +236,8 @@ def _store(url: str | None) -> Any:
     return open_store(url)
 
 
-def _execute_study(spec: Any, store: Any, workers: int | None, replace: bool = False) -> Any:
+def _execute_study(spec: Any, store: Any, workers: int | None, replace: bool = False,
+                   population: str = "auto") -> Any:
     from .lab.progress import Progress
     from .lab.study import InlineExecutor, ProcessExecutor, count_runs, plan, plan_notes, run_study
 
@@ -257,7 +258,8 @@ def _execute_study(spec: Any, store: Any, workers: int | None, replace: bool = F
         bar.update(count, f"{record.label} on {record.task} seed {record.seed}: "
                           f"{record.status}")
 
-    shared = {"progress": progress, "replace": replace, "message": bar.message}
+    shared = {"progress": progress, "replace": replace, "message": bar.message,
+              "population": population}
     if workers is None:  # run_study's choice: a pool on every core when it helps
         return run_study(spec, store, **shared)
     with (InlineExecutor() if workers == 1 else ProcessExecutor(workers)) as executor:
@@ -587,7 +589,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         from dataclasses import replace
         spec = replace(spec, name=overrides["name"])
     with _store(args.store) as store:
-        outcome = _execute_study(spec, store, args.workers, replace=args.replace)
+        outcome = _execute_study(spec, store, args.workers, replace=args.replace,
+                                 population=args.population)
         records = store.study_records(outcome.name)
         if args.no_report:
             print(f"study {outcome.name!r}: {outcome.planned} runs stored in {store.url}")
@@ -755,6 +758,9 @@ def _parser() -> argparse.ArgumentParser:
                         "stay stored; without it, such a name is refused)")
     p.add_argument("--workers", type=int, default=None,
                    help="parallel worker processes (default: one per core)")
+    p.add_argument("--population", choices=("auto", "off"), default="auto",
+                   help="auto: an arm's seeds train together as one batched population "
+                        "(same records, faster); off: every run alone (default auto)")
     p.add_argument("--out", help="report folder (default optimlab-results/STUDY/)")
     p.add_argument("--no-report", action="store_true", help="only run and store")
     store_arg(p)

@@ -17,6 +17,10 @@ slots, execute it through :func:`optimlab.lab.execution.execute_all` (claiming t
 as each one finishes), then wait for the work other live owners hold, reporting it as it
 finishes and taking over any lease that lapses, until everything is finished. Every process
 therefore ends with all the work stored, whichever process did each piece.
+
+An item may stand for several keys (:class:`BundledWork`: a population of a study's runs that
+train as one program): its members are claimed together, those another process holds are left
+out of it, and its keys are all released when it finishes.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from typing import Protocol, TypeVar
 
 from .execution import Executor, execute_all
 
-__all__ = ["LEASE_SECONDS", "POLL_SECONDS", "Claim", "Heartbeat", "Owner", "SharedWork",
-           "execute_shared"]
+__all__ = ["LEASE_SECONDS", "POLL_SECONDS", "BundledWork", "Claim", "Heartbeat", "Owner",
+           "SharedWork", "execute_shared"]
 
 #: A claim not renewed for this long may be taken over (a heartbeat renews it every quarter).
 LEASE_SECONDS = 60.0
@@ -238,14 +242,39 @@ class SharedWork(Protocol[T, R]):
         ...
 
 
+class BundledWork(SharedWork[T, R], Protocol):
+    """Shared work some of whose items stand for several keys (a population of runs). Such an
+    item is claimed member by member; the members another process holds are left out of it
+    (:meth:`narrowed`), and all its keys are released when it finishes. ``pending`` leaves out
+    items any of whose members are in ``running``; ``finish`` stores every member's result."""
+
+    def members(self, key: str, item: T) -> tuple[str, ...]:
+        """The keys ``item`` stands for, in order (``(key,)`` for an item of one)."""
+        ...
+
+    def narrowed(self, key: str, item: T, keys: Sequence[str]) -> tuple[str, T]:
+        """``item`` with only the members ``keys`` (a non-empty subset of its members, in
+        their order), and its key."""
+        ...
+
+
 def _claim_items(work: SharedWork[T, R], store: ClaimStore, owner: Owner, lease_s: float,
                  running: dict[str, T], limit: int) -> list[tuple[str, T]]:
-    """Claim up to ``limit`` pending items (skipping those found finished on claiming)."""
+    """Claim up to ``limit`` pending items (skipping those found finished on claiming).
+    ``running`` maps every key in flight (each member of a bundle) to its item."""
     items: list[tuple[str, T]] = []
+    members = getattr(work, "members", None)
     while len(items) < limit:
         pending = work.pending(set(running))
         if not pending:
             break
+        if members is not None and any(len(members(k, it)) > 1 for k, it in pending):
+            got_items = _claim_bundles(work, store, owner, lease_s, pending, running,
+                                       limit - len(items))
+            if not got_items:
+                break
+            items.extend(got_items)
+            continue
         got = store.claim([k for k, _ in pending], owner, lease_s, limit=limit - len(items))
         if not got:
             break
@@ -263,14 +292,47 @@ def _claim_items(work: SharedWork[T, R], store: ClaimStore, owner: Owner, lease_
     return items
 
 
+def _claim_bundles(work: SharedWork[T, R], store: ClaimStore, owner: Owner, lease_s: float,
+                   pending: list[tuple[str, T]], running: dict[str, T], limit: int
+                   ) -> list[tuple[str, T]]:
+    """One round of claiming for work with bundles: the first ``limit`` pending items with a
+    member no other process holds, each claimed for the members granted (none granted: left
+    for the next round). Two store transactions: who holds what, then the claim."""
+    members = work.members  # type: ignore[attr-defined]
+    wanted = [(k, it, members(k, it)) for k, it in pending]
+    held = store.holders([m for _, _, ms in wanted for m in ms])
+    free = [(k, it, [m for m in ms if m not in held or held[m].owner.id == owner.id])
+            for k, it, ms in wanted]
+    chosen = [(k, it, ms, f) for (k, it, ms), (_, _, f) in zip(wanted, free, strict=True)
+              if f][:limit]
+    got = set(store.claim([m for *_, f in chosen for m in f], owner, lease_s))
+    items: list[tuple[str, T]] = []
+    refused: list[str] = []
+    for k, it, ms, _ in chosen:
+        granted = [m for m in ms if m in got]
+        if not granted:
+            continue
+        if len(granted) < len(ms):
+            k, it = work.narrowed(k, it, granted)  # type: ignore[attr-defined]
+        if work.accept(k, it):
+            running.update((m, it) for m in granted)
+            items.append((k, it))
+        else:
+            refused.extend(granted)
+    if refused:
+        store.release(owner, refused)
+    return items
+
+
 def execute_shared(work: SharedWork[T, R], fn: Callable[[T], R], executor: Executor,
                    store: ClaimStore, *, lease_s: float = LEASE_SECONDS,
                    poll_s: float = POLL_SECONDS, message: Callable[[str], None] | None = None,
                    progress: Callable[[T, R], None] | None = None) -> int:
     """Execute ``work`` together with any other process doing the same; returns the number
-    of items this process executed (those ``work.finish`` counted).
+    of keys this process executed (of the items ``work.finish`` counted; an item of
+    :class:`BundledWork` counts its members).
 
-    Claims as many items as ``executor`` has slots, runs them through
+    Claims as many items as ``executor`` has slots (a bundle is one item), runs them through
     :func:`~optimlab.lab.execution.execute_all` (claiming one more as each finishes), then
     waits for the items other live processes hold (``message`` says which, ``work.observe``
     reports them as they finish), claiming any whose lease lapses, until nothing is pending.
@@ -280,24 +342,28 @@ def execute_shared(work: SharedWork[T, R], fn: Callable[[T], R], executor: Execu
     """
     owner = Owner.current()
     say = message or (lambda text: None)
-    running: dict[str, T] = {}
-    key_of: dict[int, str] = {}  # id(item) -> key, for the items in flight
+    running: dict[str, T] = {}  # every key in flight (each member of a bundle) -> its item
+    key_of: dict[int, tuple[str, tuple[str, ...]]] = {}  # id(item) -> key, members
     ran = 0
     slots = max(1, int(getattr(executor, "slots", 1)))
+    members = getattr(work, "members", lambda k, it: (k,))
 
     def claim(limit: int) -> list[T]:
         claimed = _claim_items(work, store, owner, lease_s, running, limit)
-        key_of.update((id(item), k) for k, item in claimed)
+        for k, item in claimed:
+            key_of[id(item)] = (k, tuple(members(k, item)))
+            running.setdefault(k, item)
         return [item for _, item in claimed]
 
     def sink(item: T, result: R) -> None:
         nonlocal ran
-        k = key_of.pop(id(item))
-        running.pop(k, None)
+        k, keys = key_of.pop(id(item))
+        for m in (k, *keys):
+            running.pop(m, None)
         if work.finish(k, item, result):
-            ran += 1
+            ran += len(keys)
         if not store.spooled():  # (a locked database: the claim lapses, or ends at the exit)
-            store.release(owner, [k])
+            store.release(owner, list(dict.fromkeys((k, *keys))))
 
     def then(item: T, result: R) -> list[T]:
         if store.spooled():

@@ -75,7 +75,7 @@ __all__ = ["DIVERGENCE_FACTOR", "ERROR_FRAMES", "MAX_EVALS_KEPT", "MAX_FINE_EVAL
            "SCHEDULES", "SERIES", "SUSTAINED_FACTOR", "SUSTAINED_MIN_STEPS", "WARMUP_STEPS",
            "EvalGrid", "RunConfig", "RunPruned", "budget_steps", "describe_error",
            "examples_per_step", "execute", "failed_record", "loss_noise", "lr_scale",
-           "make_schedule", "parse_batch_size"]
+           "make_schedule", "parse_batch_size", "run_hyperparams", "setup_task"]
 
 #: A loss above ``DIVERGENCE_FACTOR * max(|initial loss|, 1)`` at any step is divergence.
 DIVERGENCE_FACTOR = 1e3
@@ -303,18 +303,9 @@ def execute(config: RunConfig, *, device: str | torch.device = "cpu",
         stage = "building the task"
         task = make_task(config.task, **config.task_options)
         stage = "task setup"
-        torch.manual_seed(config.seed)
-        task.setup(config.seed, device)
-        n_train = int(task.n_train)
+        setup_task(task, config, device)
         stage = "building the optimizer"
-        config = replace(config, steps=budget_steps(config, n_train))
-        hyper = dict(config.hyperparams)
-        scale = lr_scale(config, n_train)
-        if config.lr_scaling != "none":
-            if not isinstance(hyper.get("lr"), (int, float)):
-                raise ValueError(f"lr_scaling {config.lr_scaling!r} needs an optimizer with a "
-                                 f"numeric lr; {config.optimizer!r} has none")
-            hyper["lr"] = hyper["lr"] * scale
+        config, hyper, scale = run_hyperparams(config, int(task.n_train))
         optimizer = build_optimizer(config.optimizer, task.parameters(), hyper)
         stage = "training"
         return _Run(config, task, optimizer, device, on_eval, scale).train()
@@ -323,6 +314,29 @@ def execute(config: RunConfig, *, device: str | torch.device = "cpu",
                              wall_seconds=time.perf_counter() - wall0)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def setup_task(task: Task, config: RunConfig, device: torch.device) -> None:
+    """Set ``task`` up for ``config``'s seed as a run does: ``torch.manual_seed(seed)``, then
+    ``task.setup(seed, device)``."""
+    torch.manual_seed(config.seed)
+    task.setup(config.seed, device)
+
+
+def run_hyperparams(config: RunConfig, n_train: int
+                    ) -> tuple[RunConfig, dict[str, Any], float]:
+    """What a run of resolved ``config`` on ``n_train`` training examples trains with: the
+    config with its step budget derived (:func:`budget_steps`), the optimizer's
+    hyperparameters (``lr`` times :func:`lr_scale` with ``lr_scaling``) and that scale."""
+    config = replace(config, steps=budget_steps(config, n_train))
+    hyper = dict(config.hyperparams)
+    scale = lr_scale(config, n_train)
+    if config.lr_scaling != "none":
+        if not isinstance(hyper.get("lr"), (int, float)):
+            raise ValueError(f"lr_scaling {config.lr_scaling!r} needs an optimizer with a "
+                             f"numeric lr; {config.optimizer!r} has none")
+        hyper["lr"] = hyper["lr"] * scale
+    return config, hyper, scale
 
 
 def describe_error(error: BaseException, where: str = "") -> str:
@@ -442,7 +456,16 @@ def _thin_evals(evals: dict[str, Any], series: dict[str, dict[str, list[float]]]
 
 
 class _Run:
-    """The training loop of one run and what it measures."""
+    """The training loop of one run and what it measures.
+
+    The loop is cut into the pieces a population of runs calls too
+    (:mod:`optimlab.lab.population`): :meth:`begin` (everything before the first step: the
+    schedule, the evaluation grid, the data stream, the step-0 evaluation and the divergence
+    thresholds), :meth:`active`, :meth:`prepare_step` (the parameter snapshot of a measured
+    step), :meth:`draw` (the next batch), :meth:`complete_step` (bookkeeping, the divergence
+    rule and evaluations after a step), :meth:`stop` (an exception ends the run) and
+    :meth:`finish` (the last evaluation and the record). :meth:`train` is the sequential loop.
+    """
 
     def __init__(self, config: RunConfig, task: Task, optimizer: torch.optim.Optimizer,
                  device: torch.device,
@@ -491,124 +514,178 @@ class _Run:
         return metrics
 
     def train(self) -> RunRecord:
-        wall0 = time.perf_counter()
+        """The sequential loop: one ``optimizer.step(closure)`` per step."""
+        self.begin()
+        optimizer, device = self.optimizer, self.device
+        try:
+            while self.active():
+                measure = self.prepare_step()
+                t0 = time.perf_counter()
+                batch = self.draw()
+                loss = optimizer.step(lambda b=batch, m=measure: self.closure(b, m))
+                self.scheduler.step()
+                loss_value = (float(loss.detach()) if isinstance(loss, torch.Tensor)
+                              else float(loss))
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                self.complete_step(loss_value, time.perf_counter() - t0)
+        except (Exception, SystemExit) as e:
+            self.stop(e)
+        finally:
+            if self.telemetry is not None:
+                self.telemetry.close()
+        return self.finish()
+
+    def begin(self, scheduled: bool = True) -> None:
+        """Everything before the first step, ending with the step-0 evaluation. With
+        ``scheduled=False`` the caller owns the learning-rate schedule (a population's one
+        optimizer has one schedule for all its members)."""
+        self.wall0 = time.perf_counter()
         config, task, optimizer, device = self.config, self.task, self.optimizer, self.device
-        info, params, steps = task.info, self.params, self.steps
-        base_lr = float(optimizer.param_groups[0].get("lr", 0.0))
-        scheduler = schedules.ScheduledLR(optimizer,
-                                          make_schedule(config.schedule, base_lr, steps))
-        grid = EvalGrid(steps, info.kind, info.target, config.eval_every)
-        log_every = _thin(steps)
+        info, steps = task.info, self.steps
+        if scheduled:
+            self.scheduler = schedules.ScheduledLR(optimizer, self.schedule())
+        self.grid = EvalGrid(steps, info.kind, info.target, config.eval_every)
+        self.log_every = _thin(steps)
         batch_size = None if config.batch_size == "full" else int(config.batch_size)
-        batches = task.batches(batch_size, torch.Generator().manual_seed(config.seed))
-        telemetry = (Telemetry(optimizer, task.model, per_layer=False, keep_history=False)
-                     if config.telemetry else None)
+        self.batches = task.batches(batch_size, torch.Generator().manual_seed(config.seed))
+        self.telemetry = (Telemetry(optimizer, task.model, per_layer=False, keep_history=False)
+                          if config.telemetry else None)
 
-        curve: dict[str, list[float]] = {"step": [], "time": [], "train_loss": []}
-        lr_curve: dict[str, list[float]] = {"step": [], "value": []}
-        series: dict[str, dict[str, list[float]]] = {n: {"step": [], "value": []}
-                                                     for n in SERIES}
-        trajectory: list[list[float]] | None = [] if info.kind == "2d" else None
-        traj_every = _thin(steps, 2000)
-        step_times: list[float] = []
-        losses: list[float] = []  # mini-batch losses since the last evaluation
-        scalars: dict[str, float] = {}
-        status, error = "ok", None
-        step = 0
-
-        def point() -> list[float]:
-            return [float(v) for v in torch.cat([p.detach().reshape(-1) for p in params])[:2]]
+        self.curve: dict[str, list[float]] = {"step": [], "time": [], "train_loss": []}
+        self.lr_curve: dict[str, list[float]] = {"step": [], "value": []}
+        self.series: dict[str, dict[str, list[float]]] = {n: {"step": [], "value": []}
+                                                          for n in SERIES}
+        self.trajectory: list[list[float]] | None = [] if info.kind == "2d" else None
+        self.traj_every = _thin(steps, 2000)
+        self.step_times: list[float] = []
+        self.losses: list[float] = []  # mini-batch losses since the last evaluation
+        self.scalars: dict[str, float] = {}
+        self.status: str = "ok"
+        self.error: str | None = None
+        self.step = 0
+        self.before: torch.Tensor | None = None
+        self.lr_now = math.nan
 
         _memory_before(device)
         initial = self.evaluate(0)
         ref = initial.get("train_loss", math.nan)
         scale = max(abs(ref), 1.0) if math.isfinite(ref) else math.inf
-        explode = DIVERGENCE_FACTOR * scale
-        sustained = SUSTAINED_FACTOR * scale
-        window = max(SUSTAINED_MIN_STEPS, steps // 100)
-        above = 0
-        next_eval = grid.next_after(0, initial.get(info.target_metric, math.nan))
-        watch_escape = task.escaped() is not None
-        if watch_escape and task.escaped():
-            scalars["escape_step"], watch_escape = 0, False
-        if trajectory is not None:
-            trajectory.append(point())
+        self.explode = DIVERGENCE_FACTOR * scale
+        self.sustained = SUSTAINED_FACTOR * scale
+        self.window = max(SUSTAINED_MIN_STEPS, steps // 100)
+        self.above = 0
+        self.next_eval = self.grid.next_after(0, initial.get(info.target_metric, math.nan))
+        self.watch_escape = task.escaped() is not None
+        if self.watch_escape and task.escaped():
+            self.scalars["escape_step"], self.watch_escape = 0, False
+        if self.trajectory is not None:
+            self.trajectory.append(self._point())
         if not math.isfinite(ref):
-            status, error = "diverged", f"initial training loss is {ref}"
+            self.status, self.error = "diverged", f"initial training loss is {ref}"
 
-        try:
-            while status == "ok" and step < steps:
-                if config.seconds is not None and self.train_time >= config.seconds:
-                    break
-                measure = step + 1 == next_eval
-                before = _flat(params) if measure else None
-                self.grad_norm = None
-                lr_now = float(optimizer.param_groups[0]["lr"])
-                t0 = time.perf_counter()
-                batch = next(batches)
-                self.n_examples += task.batch_examples(batch)
-                loss = optimizer.step(lambda b=batch, m=measure: self.closure(b, m))
-                scheduler.step()
-                loss_value = (float(loss.detach()) if isinstance(loss, torch.Tensor)
-                              else float(loss))
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                dt = time.perf_counter() - t0
-                self.train_time += dt
-                step_times.append(dt)
-                step += 1
-                losses.append(loss_value)
-                if step % log_every == 0 or step == 1 or step == steps:
-                    curve["step"].append(step)
-                    curve["time"].append(self.train_time)
-                    curve["train_loss"].append(loss_value)
-                    lr_curve["step"].append(step - 1)
-                    lr_curve["value"].append(lr_now)
-                if trajectory is not None and (step % traj_every == 0 or step == steps):
-                    trajectory.append(point())
-                if watch_escape and task.escaped():
-                    scalars["escape_step"], watch_escape = step, False
-                above = above + 1 if loss_value > sustained else 0
-                if not math.isfinite(loss_value) or loss_value > explode:
-                    status = "diverged"
-                    error = (f"training loss {loss_value:.4g} at step {step} (divergence: "
-                             f"non-finite or above {DIVERGENCE_FACTOR:g}x max(|initial|, 1))")
-                    break
-                if above >= window:
-                    status = "diverged"
-                    error = (f"training loss above {SUSTAINED_FACTOR:g}x max(|initial|, 1) "
-                             f"= {sustained:.4g} for {window} consecutive steps, up to step "
-                             f"{step}")
-                    break
-                if step == next_eval:
-                    metrics = self.evaluate(step)
-                    if before is not None:
-                        self._measure(series, step, before, losses)
-                    losses = []
-                    train_loss = metrics.get("train_loss", 0.0)
-                    if not math.isfinite(train_loss) or train_loss > explode:
-                        status = "diverged"
-                        error = f"training loss {train_loss:.4g} at step {step}"
-                    else:
-                        if self.on_eval is not None:
-                            self.on_eval(step, metrics)
-                        next_eval = grid.next_after(
-                            step, metrics.get(info.target_metric, math.nan))
-        except RunPruned as e:
-            status, error = "pruned", f"pruned at step {step}" + (f": {e}" if str(e) else "")
-        except (NonFiniteGradientError, FloatingPointError) as e:
-            status, error = "diverged", f"{type(e).__name__} at step {step + 1}: {e}"
-        except (Exception, SystemExit) as e:  # recorded, so that the study goes on
-            status, error = "failed", describe_error(e, f"at step {step + 1}")
-        finally:
-            if telemetry is not None:
-                telemetry.close()
+    def schedule(self) -> schedules.Schedule:
+        """The run's learning-rate schedule from the optimizer's (first group's) lr."""
+        base_lr = float(self.optimizer.param_groups[0].get("lr", 0.0))
+        return make_schedule(self.config.schedule, base_lr, self.steps)
 
-        if not self.evals["step"] or self.evals["step"][-1] != step:
+    def _point(self) -> list[float]:
+        return [float(v) for v in torch.cat([p.detach().reshape(-1)
+                                             for p in self.params])[:2]]
+
+    def active(self) -> bool:
+        """Whether the run takes another step."""
+        if self.status != "ok" or self.step >= self.steps:
+            return False
+        return self.config.seconds is None or self.train_time < self.config.seconds
+
+    def prepare_step(self) -> bool:
+        """Before a step: whether it is measured (its series recorded), and if so the
+        parameter snapshot; the learning rate the step uses."""
+        measure = self.step + 1 == self.next_eval
+        self.before = _flat(self.params) if measure else None
+        self.grad_norm = None
+        self.lr_now = float(self.optimizer.param_groups[0]["lr"])
+        return measure
+
+    def draw(self) -> Any:
+        """The next training batch (counted in ``examples``)."""
+        batch = next(self.batches)
+        self.n_examples += self.task.batch_examples(batch)
+        return batch
+
+    def complete_step(self, loss_value: float, dt: float) -> None:
+        """After a step that took ``dt`` seconds with mini-batch loss ``loss_value``: the
+        curves, the divergence rule and the evaluation due at this step (which may raise
+        :class:`RunPruned` from ``on_eval``)."""
+        task, steps = self.task, self.steps
+        self.train_time += dt
+        self.step_times.append(dt)
+        self.step += 1
+        step = self.step
+        self.losses.append(loss_value)
+        if step % self.log_every == 0 or step == 1 or step == steps:
+            self.curve["step"].append(step)
+            self.curve["time"].append(self.train_time)
+            self.curve["train_loss"].append(loss_value)
+            self.lr_curve["step"].append(step - 1)
+            self.lr_curve["value"].append(self.lr_now)
+        if self.trajectory is not None and (step % self.traj_every == 0 or step == steps):
+            self.trajectory.append(self._point())
+        if self.watch_escape and task.escaped():
+            self.scalars["escape_step"], self.watch_escape = step, False
+        self.above = self.above + 1 if loss_value > self.sustained else 0
+        if not math.isfinite(loss_value) or loss_value > self.explode:
+            self.status = "diverged"
+            self.error = (f"training loss {loss_value:.4g} at step {step} (divergence: "
+                          f"non-finite or above {DIVERGENCE_FACTOR:g}x max(|initial|, 1))")
+            return
+        if self.above >= self.window:
+            self.status = "diverged"
+            self.error = (f"training loss above {SUSTAINED_FACTOR:g}x max(|initial|, 1) "
+                          f"= {self.sustained:.4g} for {self.window} consecutive steps, up to "
+                          f"step {step}")
+            return
+        if step == self.next_eval:
+            metrics = self.evaluate(step)
+            if self.before is not None:
+                self._measure(self.series, step, self.before, self.losses)
+            self.losses = []
+            train_loss = metrics.get("train_loss", 0.0)
+            if not math.isfinite(train_loss) or train_loss > self.explode:
+                self.status = "diverged"
+                self.error = f"training loss {train_loss:.4g} at step {step}"
+            else:
+                if self.on_eval is not None:
+                    self.on_eval(step, metrics)
+                self.next_eval = self.grid.next_after(
+                    step, metrics.get(task.info.target_metric, math.nan))
+
+    def stop(self, error: BaseException) -> None:
+        """``error``, raised while the run stepped, ends it: pruned (:class:`RunPruned`),
+        diverged (a refused non-finite gradient) or failed (anything else)."""
+        step = self.step
+        if isinstance(error, RunPruned):
+            self.status = "pruned"
+            self.error = f"pruned at step {step}" + (f": {error}" if str(error) else "")
+        elif isinstance(error, (NonFiniteGradientError, FloatingPointError)):
+            self.status = "diverged"
+            self.error = f"{type(error).__name__} at step {step + 1}: {error}"
+        else:
+            self.status, self.error = "failed", describe_error(error, f"at step {step + 1}")
+
+    def finish(self) -> RunRecord:
+        """The record: the last step evaluated (if it was not), then everything measured."""
+        if not self.evals["step"] or self.evals["step"][-1] != self.step:
             with contextlib.suppress(Exception):
-                self.evaluate(step)
-        return self._record(status, error, curve, lr_curve, series, trajectory, step,
-                            step_times, scalars, telemetry, wall0)
+                self.evaluate(self.step)
+        return self._record(self.status, self.error, self.curve, self.lr_curve, self.series,
+                            self.trajectory, self.step, self.step_times, self.scalars,
+                            self.telemetry, self.wall0)
+
+    def state_bytes(self) -> int:
+        """Bytes of the run's optimizer state (recorded as ``state_bytes``)."""
+        return state_bytes(self.optimizer)
 
     def _measure(self, series: dict[str, dict[str, list[float]]], step: int,
                  before: torch.Tensor, losses: list[float]) -> None:
@@ -669,7 +746,7 @@ class _Run:
             examples=self.n_examples, train_seconds=self.train_time, warmup_seconds=warmup,
             seconds_per_step=per_step, wall_seconds=time.perf_counter() - wall0,
             peak_memory_bytes=peak, memory_kind=memory_kind,
-            state_bytes=state_bytes(self.optimizer), n_params=sum(p.numel() for p in
+            state_bytes=self.state_bytes(), n_params=sum(p.numel() for p in
                                                                   self.params),
             param_bytes=int(sum(p.numel() * p.element_size() for p in self.params)),
             trajectory=trajectory, lr=lr_curve,

@@ -22,6 +22,13 @@ re-runs it on the held-out
 seeds as the arm ``"<optimizer> best"`` (:func:`heldout_label`); every optimizer of the study
 gets such an arm, so the "best per optimizer" view is paired on the same seeds. The chosen
 arms are saved with the study (``"heldout_choice"`` in :meth:`ResultStore.study_spec`).
+
+**Populations.** With ``population="auto"`` (the default), the runs that can train as one
+population (an arm's seeds: :mod:`optimlab.lab.batching`) do: such a population is one work
+item, claimed member by member (members another process holds are left out of it), its records
+stored when it finishes; the records equal, apart from wall-clock fields, the ones the runs
+give one by one, so the study's keys and results do not depend on it. ``"off"`` runs every run
+alone.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from typing import Any
 
 import torch
 
+from .batching import POPULATION_MODES, Grouping, PopulationRun, failed_records, run_item
 from .claims import LEASE_SECONDS, execute_shared
 from .execution import (
     Executor,
@@ -43,15 +51,14 @@ from .execution import (
     interleave,
 )
 from .optimizers import LAB_OPTIMIZERS, build_optimizer
-from .runs import execute, failed_record
 from .schema import RunConfig, RunRecord
 from .spec import StudyError, StudySpec, default_name, load_study_file
 from .store import ResultStore
 from .tasks import make_task
 
-__all__ = ["HELDOUT_SUFFIX", "Executor", "InlineExecutor", "PlannedRun", "ProcessExecutor",
-           "StudyError", "StudyOutcome", "StudySpec", "count_runs", "default_name",
-           "default_workers", "execute_runs",
+__all__ = ["HELDOUT_SUFFIX", "POPULATION_MODES", "Executor", "InlineExecutor", "PlannedRun",
+           "PopulationRun", "ProcessExecutor", "StudyError", "StudyOutcome", "StudySpec",
+           "count_runs", "default_name", "default_workers", "execute_runs",
            "heldout_label", "is_heldout", "load_study_file", "plan", "plan_heldout",
            "plan_notes", "run_study"]
 
@@ -254,11 +261,6 @@ def plan_heldout(spec: StudySpec, runs: Sequence[PlannedRun],
 # --------------------------------------------------------------------------- execution
 
 
-def _run_planned(run: PlannedRun) -> RunRecord:
-    """Worker entry point: execute one planned run."""
-    return execute(run.config, threads=torch.get_num_threads())
-
-
 @dataclass
 class StudyOutcome:
     """What :func:`run_study` did: the study's runs, how many were stored before, ran here,
@@ -279,42 +281,65 @@ def _unique(runs: Sequence[PlannedRun]) -> dict[str, PlannedRun]:
     return unique
 
 
+_Item = PlannedRun | PopulationRun
+_Result = RunRecord | list[RunRecord]
+
+
+def _records(result: _Result) -> list[RunRecord]:
+    return result if isinstance(result, list) else [result]
+
+
 class _StudyRuns:
     """A study's runs as work shared between processes (:class:`optimlab.lab.claims.
-    SharedWork`): keyed by run key, started in interleaved order, stored as they finish."""
+    BundledWork`): keyed by run key, started in interleaved order, stored as they finish; the
+    pending runs of one group form populations (:class:`~optimlab.lab.batching.Grouping`)."""
 
     noun = "runs"
 
     def __init__(self, name: str, runs: Sequence[PlannedRun], store: ResultStore,
                  progress: Callable[[int, int, RunRecord], None] | None, done: int,
-                 total: int) -> None:
+                 total: int, grouping: Grouping) -> None:
         self.order = interleave(runs, group=lambda r: (r.config.task, r.label),
                                 rank=lambda r: r.config.seed, salt=name)
         self.keys = [r.key for r in self.order]
         self.labels = {r.key: r.label for r in self.order}
         self.store, self.progress, self.total = store, progress, total
+        self.grouping = grouping
         self.seen = store.finished(self.keys)
         self.skipped = len(self.seen)
         self.count = done + self.skipped
 
-    def pending(self, running: set[str]) -> list[tuple[str, PlannedRun]]:
+    def pending(self, running: set[str]) -> list[tuple[str, _Item]]:
         stored = self.store.finished(self.keys)
-        return [(r.key, r) for r in self.order if r.key not in stored and r.key not in running]
+        runs = [r for r in self.order if r.key not in stored and r.key not in running]
+        return [(item.key, item) for item in self.grouping.items(runs)]
 
-    def accept(self, key: str, item: PlannedRun) -> bool:
+    def members(self, key: str, item: _Item) -> tuple[str, ...]:
+        return item.keys if isinstance(item, PopulationRun) else (key,)
+
+    def narrowed(self, key: str, item: _Item, keys: Sequence[str]) -> tuple[str, _Item]:
+        assert isinstance(item, PopulationRun)
+        runs = tuple(r for r in item.runs if r.key in set(keys))
+        return runs[0].key, (PopulationRun(runs) if len(runs) > 1 else runs[0])
+
+    def accept(self, key: str, item: _Item) -> bool:
         return True  # a claim is only granted for a run not stored
 
-    def finish(self, key: str, item: PlannedRun, record: RunRecord) -> bool:
-        self.store.put_run(record)  # also ends the claim
+    def finish(self, key: str, item: _Item, result: _Result) -> bool:
+        for record in _records(result):
+            self.store.put_run(record)  # also ends the claim
         return True
 
-    def failed(self, run: PlannedRun, error: BaseException) -> RunRecord:
-        """A run whose worker died twice (or that raised) is a failed record."""
-        return failed_record(run.config, error)
+    def failed(self, item: _Item, error: BaseException) -> _Result:
+        """A run whose worker died twice (or that raised) is a failed record; a population's
+        members each get one."""
+        return failed_records(item, error)
 
-    def reported(self, run: PlannedRun, record: RunRecord) -> None:
-        """Progress after a run of this process (and any others' that finished since)."""
-        self._report(run.key, record)
+    def reported(self, item: _Item, result: _Result) -> None:
+        """Progress after a run (or population) of this process (and any others' that
+        finished since)."""
+        for record in _records(result):
+            self._report(record.key, record)
         self.observe()
 
     def observe(self) -> None:
@@ -341,7 +366,7 @@ def execute_runs(name: str, runs: Sequence[PlannedRun], store: ResultStore,
                  progress: Callable[[int, int, RunRecord], None] | None = None, *,
                  done: int = 0, total: int | None = None,
                  message: Callable[[str], None] | None = None,
-                 lease_s: float = LEASE_SECONDS) -> tuple[int, int]:
+                 lease_s: float = LEASE_SECONDS, population: str = "auto") -> tuple[int, int]:
     """Execute the runs of study ``name`` that ``store`` lacks, sharing them with any other
     process doing the same (:func:`optimlab.lab.claims.execute_shared`: each run is claimed
     before it starts, so no run executes twice), in interleaved order
@@ -353,15 +378,23 @@ def execute_runs(name: str, runs: Sequence[PlannedRun], store: ResultStore,
             another process), ``count`` counting from ``done`` plus the runs already stored.
         done: runs of the study outside ``runs`` already finished (for ``count``).
         total: the total to report (default ``done + len(runs)``).
-        message: where to say which processes this one is waiting for.
+        message: where to say which processes this one is waiting for (and, once, why runs
+            that would have formed a population run one at a time).
         lease_s: the claims' lease.
+        population: ``"auto"``: runs that can train as one population do
+            (:mod:`optimlab.lab.batching`); ``"off"``: each run alone.
 
     Returns:
         ``(stored before, executed here)``.
     """
-    work = _StudyRuns(name, list(_unique(runs).values()), store, progress, done,
-                      done + len(_unique(runs)) if total is None else total)
-    ran = execute_shared(work, _run_planned, executor, store, lease_s=lease_s,
+    unique = list(_unique(runs).values())
+    grouping = Grouping(unique, population)
+    if message is not None:
+        for note in grouping.notes():
+            message(f"note: {note}")
+    work = _StudyRuns(name, unique, store, progress, done,
+                      done + len(unique) if total is None else total, grouping)
+    ran = execute_shared(work, run_item, executor, store, lease_s=lease_s,
                          message=message, progress=work.reported)
     work.observe()
     return work.skipped, ran
@@ -379,10 +412,18 @@ def count_runs(spec: StudySpec) -> int:
     return len(_unique(runs)) + heldout
 
 
+def _missing_items(runs: Mapping[str, PlannedRun], store: ResultStore, population: str
+                   ) -> int:
+    """How many work items (runs alone, populations) the runs ``store`` lacks make."""
+    stored = store.finished(runs)
+    missing = [r for k, r in runs.items() if k not in stored]
+    return len(Grouping(missing, population).items(missing))
+
+
 def run_study(spec: StudySpec, store: ResultStore, *, executor: Executor | None = None,
               progress: Callable[[int, int, RunRecord], None] | None = None,
               replace: bool = False, message: Callable[[str], None] | None = None,
-              lease_s: float = LEASE_SECONDS) -> StudyOutcome:
+              lease_s: float = LEASE_SECONDS, population: str = "auto") -> StudyOutcome:
     """Run every run of ``spec`` that ``store`` does not hold, storing each as it finishes;
     then the held-out re-runs, if the study has held-out seeds. Re-running a study resumes it.
 
@@ -394,7 +435,8 @@ def run_study(spec: StudySpec, store: ResultStore, *, executor: Executor | None 
         spec: the study; an unnamed one is named by :func:`default_name`.
         store: where results go.
         executor: how runs are executed (default: a :class:`ProcessExecutor` on all cores
-            when more than one run is pending; closed at the end).
+            when more than one work item, a run or a population, is pending; closed at the
+            end).
         progress: called as ``progress(done, total, record)`` after each run (the record with
             its ``label``), this process's or another's; ``total`` counts the held-out
             re-runs at most (exact once they are planned).
@@ -402,6 +444,8 @@ def run_study(spec: StudySpec, store: ResultStore, *, executor: Executor | None 
             runs; the runs stay stored) instead of refused.
         message: where to say which processes this one waits for.
         lease_s: the lease of this process's claims (:mod:`optimlab.lab.claims`).
+        population: ``"auto"``: runs that can train as one population do (an arm's seeds;
+            the records are the same); ``"off"``: each run alone. Not part of the study.
 
     Raises:
         StoreError: the store cannot be written, or the name is bound to another spec.
@@ -417,9 +461,9 @@ def run_study(spec: StudySpec, store: ResultStore, *, executor: Executor | None 
     store.save_study(name, saved, links, replace=replace)
     own = executor is None
     if executor is None:
-        missing = len(unique) - len(store.finished(unique))
+        missing = _missing_items(unique, store, population)
         executor = ProcessExecutor() if missing > 1 else InlineExecutor()
-    shared = {"message": message, "lease_s": lease_s}
+    shared = {"message": message, "lease_s": lease_s, "population": population}
     try:
         skipped, executed = execute_runs(name, list(unique.values()), store, executor,
                                          progress, total=count_runs(spec), **shared)
@@ -431,7 +475,7 @@ def run_study(spec: StudySpec, store: ResultStore, *, executor: Executor | None 
             saved["heldout_choice"] = choice
             store.save_study(name, saved, links + [(r.key, r.label)
                                                    for r in extra_unique.values()])
-            missing = len(extra_unique) - len(store.finished(extra_unique))
+            missing = _missing_items(extra_unique, store, population)
             if missing > 1 and own and isinstance(executor, InlineExecutor):
                 executor = ProcessExecutor()
             n = len(unique) + len(extra_unique)

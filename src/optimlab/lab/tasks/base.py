@@ -105,6 +105,19 @@ class Task(ABC):
         Runs record the first step at which this turns true (``escape_step``)."""
         return None
 
+    def population_obstacle(self) -> str | None:
+        """Why this task cannot train as a population (``None``: it can).
+
+        A population (:mod:`optimlab.lab.population`) trains P copies of the task, each set up
+        with its own seed, as one program: ``loss`` is called through
+        ``torch.func.functional_call`` under ``torch.vmap`` with each member's parameters and
+        batch. That is exact only when ``loss`` is a pure function of the parameters and the
+        batch: no randomness of its own (dropout), no state it updates (batch norm's running
+        statistics), no data-dependent Python control flow. Tasks for which this holds
+        override this method; the default declines.
+        """
+        return f"task {self.info.name!r} does not declare support for population runs"
+
     def closure(self) -> Callable[[], Tensor]:
         """A closure for ``optimizer.step(closure)`` on the full objective."""
 

@@ -232,6 +232,10 @@ class ConvexTask(Task):
 
     # -- lifecycle
 
+    def population_obstacle(self) -> str | None:
+        """None: ``loss`` is a pure function of ``(W, b)`` and the batch."""
+        return None
+
     def setup(self, seed: int = 0, device: torch.device | str = "cpu") -> None:
         seed = int(seed)
         x, y = _load(self.dataset)

@@ -318,6 +318,10 @@ class Function2DTask(Task):
         (sx, sy), (ux, uy) = self.function.saddle
         return (float(p[0]) - sx) * ux + (float(p[1]) - sy) * uy
 
+    def population_obstacle(self) -> str | None:
+        """None: ``loss`` is a pure function of ``p`` and the noise draw ``z``."""
+        return None
+
     def setup(self, seed: int = 0, device: torch.device | str = "cpu") -> None:
         # Nothing random: the seed only matters through the batches' generator (noise).
         self.model = _Point(self.start).to(device)

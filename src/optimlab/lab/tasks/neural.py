@@ -199,6 +199,11 @@ class DigitsTask(Task):
         """Model inputs from standardized ``(n, 64)`` features."""
         return x
 
+    def population_obstacle(self) -> str | None:
+        """None: the model's forward is a pure function of its parameters and the batch
+        (subclasses with dropout or batch norm say otherwise)."""
+        return None
+
     def setup(self, seed: int = 0, device: torch.device | str = "cpu") -> None:
         seed = int(seed)
         x, y = _load("digits")
@@ -261,6 +266,16 @@ class MLPDigitsTask(DigitsTask):
                      "batchnorm": self.batchnorm, "dropout": self.dropout,
                      "activation": self.activation},
         )
+
+    def population_obstacle(self) -> str | None:
+        """Why not: dropout draws its masks from the global RNG and batch norm updates running
+        statistics, neither of which a vmapped ``loss`` reproduces; otherwise None."""
+        if self.dropout > 0:
+            return "mlp-digits with dropout does not support population runs (random masks)"
+        if self.batchnorm:
+            return ("mlp-digits with batch norm does not support population runs (running "
+                    "statistics)")
+        return None
 
     def _build_model(self) -> nn.Module:
         return make_mlp(depth=self.depth, width=self.width, init=self.init,
@@ -382,6 +397,10 @@ class RobustRegressionTask(Task):
         self.outlier_mask = torch.from_numpy(mask).to(device)
         self.n_train = len(i_train)
         self.model = build_seeded(seed, lambda: nn.Linear(self.d, 1)).to(device)
+
+    def population_obstacle(self) -> str | None:
+        """None: ``loss`` is a pure function of ``(w, b)`` and the batch."""
+        return None
 
     def _loss(self, x: Tensor, y: Tensor) -> Tensor:
         residual = self.model(x).squeeze(-1) - y
