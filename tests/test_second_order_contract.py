@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from second_order_problems import backward_closure
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import (
@@ -44,14 +45,8 @@ def network(dtype: torch.dtype) -> tuple[list[Tensor], Callable[[], Tensor]]:
 
 def closure_of(opt: Optimizer, loss: Callable[[], Tensor]) -> Callable[[], Tensor]:
     if isinstance(opt, (ol.Newton, ol.NewtonCG)):
-        return loss
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        value = loss()
-        value.backward()
-        return value
-    return closure
+        return loss  # they differentiate the loss themselves
+    return backward_closure(opt, loss)
 
 
 def flat(params: list[Tensor]) -> Tensor:
