@@ -26,11 +26,12 @@ import torch
 from torch.optim import Optimizer
 
 from .. import OPTIMIZERS
+from ..optimizers import BFGS, LBFGS, Newton, NewtonCG
 from .imports import load_attr
 from .validate import ValidationError
 
-__all__ = ["LAB_OPTIMIZERS", "LabOptimizer", "UnknownOptimizerError", "build_optimizer",
-           "resolve_hyperparams"]
+__all__ = ["LAB_OPTIMIZERS", "SECOND_ORDER", "LabOptimizer", "UnknownOptimizerError",
+           "build_optimizer", "resolve_hyperparams"]
 
 
 class UnknownOptimizerError(ValueError):
@@ -80,7 +81,29 @@ LAB_OPTIMIZERS: dict[str, LabOptimizer] = {
     "radam": _lab("radam", "radam", "RAdam (rectified Adam), lr=1e-3", lr=1e-3),
     "adamax": _lab("adamax", "adamax", "Adamax (infinity-norm Adam), lr=2e-3", lr=2e-3),
     "adadelta": _lab("adadelta", "adadelta", "Adadelta, rho=0.9, lr=1.0", lr=1.0),
+    # Second-order and quasi-Newton methods: closure-driven, one iteration per lab step
+    # (max_iter=1), so that "steps" are their iterations; the runner charges their true work
+    # (optimlab.lab.work). Newton and BFGS hold n x n matrices and refuse large models.
+    "newton": LabOptimizer("newton", Newton,
+                           "Newton's method, exact Hessian, damped, Armijo line search "
+                           "(<= 2048 parameters)", fixed={"max_iter": 1}, defaults={"lr": 1.0}),
+    "newton-cg": LabOptimizer("newton-cg", NewtonCG,
+                              "Newton-CG (Hessian-free: truncated CG on Hessian-vector "
+                              "products), Armijo line search", fixed={"max_iter": 1},
+                              defaults={"lr": 1.0}),
+    "bfgs": LabOptimizer("bfgs", BFGS,
+                         "BFGS (dense inverse Hessian), strong-Wolfe line search "
+                         "(<= 4096 parameters)", fixed={"max_iter": 1},
+                         defaults={"lr": 1.0, "line_search_fn": "strong_wolfe"}),
+    "lbfgs": LabOptimizer("lbfgs", LBFGS,
+                          "L-BFGS, history 10, strong-Wolfe line search",
+                          fixed={"max_iter": 1},
+                          defaults={"lr": 1.0, "history_size": 10,
+                                    "line_search_fn": "strong_wolfe"}),
 }
+
+#: The lab optimizers that take a closure and evaluate it several times per step.
+SECOND_ORDER = ("newton", "newton-cg", "bfgs", "lbfgs")
 
 #: The classic seven that ``optimlab compare`` compares by default.
 CLASSIC = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")

@@ -12,8 +12,10 @@ record from :func:`failed_record`.
 Every optimizer step goes through ``optimizer.step(closure)``: the closure computes the loss of
 the current mini-batch and its gradients (then clips them when the config says so: element
 values to ``clip_value`` first, then the global L2 norm to ``clip_norm``), so closure-driven
-optimizers (L-BFGS, line searches, SAM's two passes) run unchanged, and the number of closure
-evaluations is recorded.
+optimizers (L-BFGS, line searches, SAM's two passes) run unchanged, and the work is recorded in
+gradient evaluations: one per closure call, and for the second-order methods (whose closure
+returns the loss only, and which compute Hessian-vector products) what
+:mod:`optimlab.lab.work` charges. Gradient clipping is refused for the line-search methods.
 
 **Divergence rule.** With ``L0 = max(|initial training loss|, 1)``, a run diverges when the
 mini-batch training loss is not finite, or exceeds ``DIVERGENCE_FACTOR * L0`` (1000x) at any
@@ -56,6 +58,7 @@ import torch
 
 from .. import schedules
 from ..chain import NonFiniteGradientError
+from ..optimizers import Evaluations
 from ..telemetry import Telemetry
 from .optimizers import build_optimizer, plain
 from .pool import WorkerDied
@@ -70,6 +73,7 @@ from .schema import (
 )
 from .schema import steady_time as _steady_time
 from .tasks import Task, make_task
+from .work import HVP_COST, Memo, clipping_refusal, counts_evaluations, loss_only, random_loss
 
 __all__ = ["DIVERGENCE_FACTOR", "ERROR_FRAMES", "MAX_EVALS_KEPT", "MAX_FINE_EVALS", "MAX_POINTS",
            "SCHEDULES", "SERIES", "SUSTAINED_FACTOR", "SUSTAINED_MIN_STEPS", "WARMUP_STEPS",
@@ -307,6 +311,9 @@ def execute(config: RunConfig, *, device: str | torch.device = "cpu",
         stage = "building the optimizer"
         config, hyper, scale = run_hyperparams(config, int(task.n_train))
         optimizer = build_optimizer(config.optimizer, task.parameters(), hyper)
+        refusal = clipping_refusal(optimizer, config.optimizer)
+        if refusal and (config.clip_norm is not None or config.clip_value is not None):
+            raise ValueError(refusal)
         stage = "training"
         return _Run(config, task, optimizer, device, on_eval, scale).train()
     except (Exception, SystemExit) as e:  # recorded, so that the study goes on
@@ -477,7 +484,13 @@ class _Run:
         self.params = task.parameters()
         self.steps = int(config.steps)  # type: ignore[arg-type]  # derived by execute
         self.train_time = 0.0
-        self.closure_evals = 0
+        self.closure_evals = 0  # work, in gradient evaluations (optimlab.lab.work)
+        self.counts = Evaluations()  # by kind, for optimizers that report their evaluations
+        self.loss_only = loss_only(optimizer)
+        self.reports_evaluations = counts_evaluations(optimizer)
+        full = config.batch_size == "full" or int(config.batch_size) >= int(task.n_train)
+        self.memo = (Memo(self.params) if self.reports_evaluations and not self.loss_only and full
+                     and not random_loss(getattr(task, "model", None)) else None)
         self.n_examples = 0
         self.grad_norm: float | None = None
         self.evals: dict[str, Any] = {"step": [], "time": [], "grad_evals": [], "examples": [],
@@ -485,8 +498,19 @@ class _Run:
 
     def closure(self, batch: Any, measure: bool) -> torch.Tensor:
         """Loss and gradients of ``batch``; measures the gradient norm (first call of a
-        measured step) and clips the gradients as configured."""
+        measured step) and clips the gradients as configured. For an optimizer that
+        differentiates the loss itself (:func:`~optimlab.lab.work.loss_only`), the loss only;
+        on a deterministic full-batch run, the remembered evaluation when the parameters have
+        not moved since (:class:`~optimlab.lab.work.Memo`)."""
+        if self.loss_only:
+            return self.task.loss(batch)  # charged after the step, from the optimizer's counts
+        if self.memo is not None:
+            remembered = self.memo.lookup(batch)
+            if remembered is not None:
+                return remembered
         self.closure_evals += 1
+        if self.reports_evaluations:
+            self.counts += Evaluations(function=1, gradient=1)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.task.loss(batch)
         loss.backward()
@@ -496,7 +520,17 @@ class _Run:
             torch.nn.utils.clip_grad_value_(self.params, self.config.clip_value)
         if self.config.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
+        if self.memo is not None:
+            self.memo.store(batch, loss)
         return loss
+
+    def charge(self) -> None:
+        """After a step of a loss-only closure optimizer: its evaluations, charged as
+        :mod:`optimlab.lab.work` states."""
+        if self.loss_only and self.reports_evaluations:
+            ev = self.optimizer.step_evaluations  # type: ignore[attr-defined]
+            self.counts += ev
+            self.closure_evals += ev.function + HVP_COST * ev.hvp
 
     def evaluate(self, at: int) -> dict[str, float]:
         metrics = {k: float(v) for k, v in self.task.evaluate().items()}
@@ -522,7 +556,10 @@ class _Run:
                 measure = self.prepare_step()
                 t0 = time.perf_counter()
                 batch = self.draw()
-                loss = optimizer.step(lambda b=batch, m=measure: self.closure(b, m))
+                try:
+                    loss = optimizer.step(lambda b=batch, m=measure: self.closure(b, m))
+                finally:
+                    self.charge()  # a failed step did its work too
                 self.scheduler.step()
                 loss_value = (float(loss.detach()) if isinstance(loss, torch.Tensor)
                               else float(loss))
@@ -728,6 +765,10 @@ class _Run:
         n_train = int(task.n_train)
         full = config.batch_size == "full" or int(config.batch_size) >= n_train
         scalars = {"closure_evals": float(self.closure_evals), **scalars}
+        if self.reports_evaluations:
+            scalars.update(function_evals=float(self.counts.function),
+                           gradient_evals=float(self.counts.gradient),
+                           hvp_evals=float(self.counts.hvp))
         if config.lr_scaling != "none":
             scalars["lr_scale"] = self.lr_scale
         return RunRecord(

@@ -25,6 +25,7 @@ __all__ = [
     "sweeps",
     "swept_settings",
     "trajectory_steps",
+    "work_series",
 ]
 
 NAN = math.nan
@@ -60,6 +61,18 @@ def run_series(rec: RunRecord, metric: str
             t[:len(tt)] = tt
         return _floats(steps[:n]), t, _floats(values[:n])
     return None
+
+
+def work_series(rec: RunRecord, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(work, values)`` of ``metric`` at the evaluations: the work done by each evaluated
+    step in gradient evaluations (``evals["grad_evals"]``, see :mod:`optimlab.lab.work`), or
+    ``None`` when the run did not evaluate ``metric``."""
+    work = rec.evals.get("grad_evals")
+    values = rec.evals.get("metrics", {}).get(metric)
+    if not work or not values:
+        return None
+    n = min(len(work), len(values))
+    return _floats(work[:n]), _floats(values[:n])
 
 
 def series_of(rec: RunRecord, name: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -37,7 +37,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
 __all__ = ["LOG_SPAN", "MAX_DECADES", "MAX_LEGEND", "RC", "Band", "Interval", "LRLine",
-           "Panel", "Path2D", "Style", "SweepSeries", "bars_figure", "curves_figure",
+           "Panel", "Path2D", "Style", "SweepSeries", "bars_figure", "cost_figure", "curves_figure",
            "interval_figure", "log_floor", "mpl_text", "profile_figure", "schedule_figure",
            "series_figure", "styles_for", "svg_of", "sweep_figure", "trajectories_figure"]
 
@@ -411,6 +411,42 @@ def curves_figure(bands: Sequence[Band], xlabel: str, ylabel: str, *,
             ax.set_xlabel(mpl_text(xlabel))
         if i % ncols == 0:
             ax.set_ylabel(mpl_text(ylabel))
+    return svg_of(fig)
+
+
+def cost_figure(views: Sequence[tuple[str, Sequence[Band]]], ylabel: str, *,
+                target: float | None = None, nonneg: bool = False,
+                logx: Sequence[bool] = ()) -> str:
+    """The same curves against several x axes, one panel each in a row with a shared y axis
+    (e.g. iterations, gradient evaluations, seconds: what an iteration costs, at a glance);
+    one legend right of the last panel. At most :data:`MAX_LEGEND` bands per view.
+    ``logx[i]``: view ``i`` gets a log x axis when its positive x values span more than
+    :data:`LOG_SPAN` squared (x = 0 is then not drawn)."""
+    arrays = [a for _, bands in views for b in bands for a in (b.mean, b.lo, b.hi)]
+    extra = [np.asarray([target])] if target is not None and math.isfinite(target) else []
+    log, floor = _value_axis(arrays + extra, nonneg=nonneg)
+    panel_w, height, left = 3.0, 2.9, 0.62
+    width = len(views) * panel_w + LEGEND_WIDTH
+    fig = Figure(figsize=(width, height))
+    axes: list[Any] = []
+    drawn = []
+    for i, (xlabel, bands) in enumerate(views):
+        ax = fig.add_axes(((i * panel_w + left) / width, 0.5 / height,
+                           (panel_w - left - 0.12) / width, (height - 0.72) / height),
+                          sharey=axes[0] if axes else None)
+        axes.append(ax)
+        for b in bands:
+            drawn += _draw_band(ax, b, floor, label=i == len(views) - 1)
+        _target_line(ax, target, log)
+        xs = _finite([b.x for b in bands])
+        xs = xs[xs > 0]
+        if i < len(logx) and logx[i] and xs.size and xs.max() > LOG_SPAN ** 2 * xs.min():
+            ax.set_xscale("log")
+            xlabel += " (log)"
+        ax.set_xlabel(mpl_text(xlabel))
+    axes[0].set_ylabel(mpl_text(ylabel))
+    _finish_value_axis(axes[0], log, floor, drawn + extra)
+    _legend(axes[-1], len(views[-1][1]))
     return svg_of(fig)
 
 

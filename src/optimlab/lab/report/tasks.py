@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..schema import RunRecord
-from .curves import mean_band, run_series, series_of, trajectory_steps
+from .curves import mean_band, run_series, series_of, trajectory_steps, work_series
 from .page import ArmCell, Markup, PageBuilder, esc, soft, swatch, tag
 from .plots import (
     MAX_LEGEND,
@@ -21,6 +21,7 @@ from .plots import (
     Panel,
     Path2D,
     Style,
+    cost_figure,
     curves_figure,
     interval_figure,
     many,
@@ -226,14 +227,19 @@ def curve_metric(arms: Sequence[ArmStats]) -> str:
 def curve_bands(ctx: Context, arms: Sequence[ArmStats], metric: str, axis: int, *,
                 mark_settled: bool = False) -> list[Band]:
     """Each arm's mean curve of ``metric`` with its min-max band over the ok seeds, against
-    steps (``axis=0``) or training time (``axis=1``); ``mark_settled``: a tick at the arm's
-    settled step."""
+    steps (``axis=0``), training time (``axis=1``) or work in gradient evaluations
+    (``axis=2``, from the evaluations only); ``mark_settled``: a tick at the arm's settled
+    step."""
     bands = []
     for s in arms:
-        series = [x for x in (run_series(r, metric) for r in _ok(s)) if x is not None]
-        if not series:
+        if axis == 2:
+            pairs = [x for x in (work_series(r, metric) for r in _ok(s)) if x is not None]
+        else:
+            pairs = [(x[axis], x[2]) for x in (run_series(r, metric) for r in _ok(s))
+                     if x is not None]
+        if not pairs:
             continue
-        res = mean_band([x[axis] for x in series], [x[2] for x in series])
+        res = mean_band([x for x, _ in pairs], [y for _, y in pairs])
         if res is None:
             continue
         marks = []
@@ -476,21 +482,33 @@ def task_section(page: PageBuilder, ctx: Context, task: str, arms: list[ArmStats
     missing = f" Not drawn (no ok run): {', '.join(not_drawn)}." if not_drawn else ""
     nonneg = cm in NONNEG_METRICS
     figs = []
-    for kind, axis, xlabel in (("loss-steps", 0, "step"), ("loss-time", 1,
-                                                          "training time (s)")):
-        bands = curve_bands(ctx, arms, cm, axis, mark_settled=cm == metric)
-        if not bands:
-            continue
+    caption = (f"against {{}} ({source}): mean over the ok seeds of each arm, band = "
+               "min–max over seeds; diverged and failed runs are left out.")
+    floor_note = (" Values too small to show (or ≤ 0 from rounding) sit on the bottom edge, "
+                  "labelled ≤." + missing)
+    tick = " Tick |: the settled step (median over seeds)." if cm == metric else ""
+    axes = [("step", 0), ("training time (s)", 1)]
+    if not per_step:  # line searches, Hessian-vector products: "fewer, dearer iterations"
+        axes.insert(1, ("gradient evaluations", 2))
+    views = [(xlabel, curve_bands(ctx, arms, cm, axis, mark_settled=cm == metric))
+             for xlabel, axis in axes]
+    views = [(xlabel, bands) for xlabel, bands in views if bands]
+    if not per_step and views and not many(len(views[0][1])):
+        svg = cost_figure(views, cm, target=target if cm == metric else None, nonneg=nonneg,
+                          logx=[x == "gradient evaluations" for x, _ in views])
+        figs.append(page.figure("loss-cost", svg, (
+            f"{what} " + caption.format(", ".join(x for x, _ in views)) + tick
+            + " Gradient evaluations: closure evaluations with their gradient, each "
+            "line-search trial as one, a Hessian-vector product as two (optimlab.lab.work)."
+            + floor_note + key_note(len(views[0][1]))), task=task, wide=True))
+        views = []
+    for xlabel, bands in views:
         svg = curves_figure(bands, xlabel, cm, target=target if cm == metric else None,
                             nonneg=nonneg)
+        kind = {"step": "loss-steps", "training time (s)": "loss-time"}.get(xlabel, "loss-work")
         figs.append(page.figure(kind, svg, (
-            f"{what} against {xlabel} ({source}): mean over the ok seeds of each arm, band = "
-            "min–max over seeds; diverged and failed runs are left out."
-            + (" Tick |: the settled step (median over seeds)." if axis == 0 and cm == metric
-               else "")
-            + " Values too small to show (or ≤ 0 from rounding) sit on the bottom edge, "
-            "labelled ≤." + missing + key_note(len(bands))),
-            task=task, wide=many(len(bands))))
+            f"{what} " + caption.format(xlabel) + (tick if xlabel == "step" else "")
+            + floor_note + key_note(len(bands))), task=task, wide=many(len(bands))))
     figs.append(_work_figure(page, ctx, task, arms, work_label))
     for name in _eval_metrics(arms):
         bands = curve_bands(ctx, arms, name, 0)
