@@ -168,6 +168,10 @@ def resolve_hyperparams(name: str, hyperparams: Mapping[str, Any] | None = None
         raise ValueError(f"optimizer {name!r} has no hyperparameter {unknown[0]!r}; "
                          f"allowed: {', '.join(sorted(allowed))}")
     values = {k: v for k, v in allowed.items() if v is not None and not callable(v)}
+    if "nonfinite" in allowed:
+        # A lab run refuses inf/NaN gradients (recorded as diverged), whatever the class's
+        # default (torch.optim's: "ignore", nothing checked).
+        values["nonfinite"] = "raise"
     values.update(opt.fixed)
     values.update(opt.defaults)
     values.update(given)
