@@ -29,6 +29,13 @@ from optimlab.lab.study import PlannedRun, ProcessExecutor, plan, run_study
 DIED = "worker process died twice: signal 9 (SIGKILL)"
 
 
+@pytest.fixture(autouse=True)
+def _small_populations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests form populations of 2 and 3 members (a few seeds keep them quick); the
+    lab's own minimum (batching.MIN_POPULATION, tested below) would run those one by one."""
+    monkeypatch.setattr(batching, "MIN_POPULATION", 2)
+
+
 def _spec(**kw: Any) -> StudySpec:
     base: dict[str, Any] = {"tasks": ("quadratic",), "optimizers": ("adam",), "seeds": (0, 1, 2),
                             "steps": 40, "name": "pop"}
@@ -121,6 +128,25 @@ def test_a_large_group_is_split_into_near_equal_populations() -> None:
     assert [type(i) for i in Grouping(three, cap=2).items(three)] == [PlannedRun, PopulationRun]
     with pytest.raises(ValueError, match="at least 2"):
         Grouping(three, cap=1)
+    with pytest.raises(ValueError, match="at least 2"):
+        Grouping(three, cap=3, smallest=4)
+
+
+def test_groups_smaller_than_the_minimum_run_one_at_a_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batching, "MIN_POPULATION", 4)  # the lab's own value
+    three = plan(_spec())
+    assert Grouping(three).items(three) == three  # three seeds: each alone
+    four = plan(_spec(seeds=(0, 1, 2, 3)))
+    assert [_seeds(i) for i in Grouping(four).items(four)] == [[0, 1, 2, 3]]
+    # an lr sweep's arms differ only in hyperparameter values: 2 lrs x 2 seeds, one population
+    sweep = plan(_spec(seeds=(0, 1), hyperparams={"adam": {"lr": (1e-3, 1e-2)}}))
+    (pop,) = Grouping(sweep).items(sweep)
+    assert isinstance(pop, PopulationRun) and len(pop.runs) == 4
+    nine = plan(_spec(seeds=tuple(range(9))))
+    assert [len(_seeds(i)) for i in Grouping(nine, cap=5).items(nine)] == [4, 5]
+    # split into pieces of 3 (cap 4), each below the minimum: every run alone
+    assert [len(_seeds(i)) for i in Grouping(nine, cap=4).items(nine)] == [1] * 9
 
 
 def test_population_off_runs_every_run_alone() -> None:
@@ -154,7 +180,12 @@ def test_a_study_with_populations_stores_the_same_records_as_without(tmp_path: P
     off = _study_records(tmp_path, "off", spec, "off")
     assert auto.keys() == off.keys()
     pops = [i for i in executor.items if isinstance(i, PopulationRun)]
-    assert len(pops) == 2 * 4 + 2 * 3  # every arm's 2 seeds, then the held-out seeds
+    # every arm's 2 seeds, the two lrs of adamw's sweep as one population of 4 (they differ
+    # only in hyperparameter values), then the held-out seeds
+    assert len(pops) == 2 * 3 + 2 * 3
+    swept = [p for p in pops if len(p.runs) == 4]
+    assert len(swept) == 2 and all(
+        sorted({r.config.hyperparams["lr"] for r in p.runs}) == [1e-3, 1e-2] for p in swept)
     assert sorted(k for p in pops for k in p.keys) == sorted(auto)
     for key, record in off.items():
         assert auto[key].label == record.label
@@ -265,14 +296,16 @@ def test_compare_has_population_auto_and_off(tmp_path: Path, capsys: pytest.Capt
 def test_the_population_benchmark_runs() -> None:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "population.py"
     r = subprocess.run([sys.executable, str(script), "--tasks", "rosenbrock", "--sizes", "2,3",
-                        "--rounds", "2", "--steps", "20", "--seq-runs", "1"],
+                        "--rounds", "2", "--steps", "20", "--seq-runs", "1", "--threads", "1"],
                        capture_output=True, text=True, check=True, timeout=300)
     lines = r.stdout.splitlines()
+    assert lines[2] == "## 1 torch thread(s) on both sides"
+    lines = lines[1:]
     assert lines[2].startswith("rosenbrock (adam, batch 32, 20 steps per run): sequential")
     assert [line.split()[0] for line in lines[4:6]] == ["2", "3"]
     assert all(line.split()[2].endswith("x") and len(line.split()) == 5 for line in lines[4:6])
     # the members' final losses equal the runs' alone to rounding (see _close)
-    assert "population member vs the same seed alone:" in lines[6]
+    assert "population member vs the same run alone:" in lines[6]
     assert float(lines[6].rsplit(":", 1)[1]) <= 1e-5
 
 

@@ -1,12 +1,14 @@
 """Which of a study's runs train together as one population, and the work items that do.
 
 A study's runs that :func:`optimlab.lab.population.batchable` accepts and that share a
-:func:`~optimlab.lab.population.group_key` (for now: runs that differ only in seed) are one
-:class:`PopulationRun`: trained as one program by
+:func:`~optimlab.lab.population.group_key` (runs that differ only in seed and in the values of
+optimizer hyperparameters and clipping thresholds: an arm's seeds, and the arms of a sweep
+over such values) are one :class:`PopulationRun`: trained as one program by
 :func:`~optimlab.lab.population.execute_population`, which returns one record per member,
 equal to the records the runs give one by one apart from wall-clock fields. A group larger
-than :data:`MAX_POPULATION` is split into near-equal populations; a group of one runs by
-itself, as without populations.
+than :data:`MAX_POPULATION` is split into near-equal populations; a group of fewer than
+:data:`MIN_POPULATION` runs one run at a time, as without populations (measured: a population
+of 3 mlp-digits runs is no faster than the 3 runs alone on the 2-core CPU; see the constant).
 
 The executor sees a population as one item: one worker trains it, its records are stored
 together when it finishes, and when it fails (it raises, or its worker dies twice) every member
@@ -24,25 +26,33 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .population import batchable, execute_population, group_key
+from .population import execute_population
+from .population_groups import batchable, group_key
 from .runs import execute, failed_record
 from .schema import RunRecord
 
 if TYPE_CHECKING:
     from .study import PlannedRun
 
-__all__ = ["MAX_POPULATION", "POPULATION_MODES", "Grouping", "PopulationRun", "failed_records",
-           "run_item"]
+__all__ = ["MAX_POPULATION", "MIN_POPULATION", "POPULATION_MODES", "Grouping", "PopulationRun",
+           "failed_records", "run_item"]
 
 #: ``"auto"``: batchable runs of one group train as populations; ``"off"``: every run alone.
 POPULATION_MODES = ("auto", "off")
 #: The most members one population has (a larger group is split into near-equal ones).
 MAX_POPULATION = 64
+#: The fewest members a population has: smaller groups run one run at a time. A population's
+#: step has a fixed cost (vmap's machinery, one optimizer step, ~1.5 ms on the 2-core CPU)
+#: that a few members do not repay: measured (adam, 1000 steps, one thread, paired rounds),
+#: P members vs P runs alone: mlp-digits 0.87x at P = 3, 1.18x at 4, 1.47x at 6;
+#: logreg-breast-cancer 1.10x at 3, 2.0x at 6; and the default ``optimlab compare`` (three
+#: seeds per arm) took 83 s with populations of 3 against 66 s without.
+MIN_POPULATION = 4
 
 
 @dataclass(frozen=True)
 class PopulationRun:
-    """Runs of a study that train as one population (at least two, in seed order); its key
+    """Runs of a study that train as one population (at least two, in the study's order); its key
     is its first member's."""
 
     runs: tuple[PlannedRun, ...]
@@ -72,16 +82,19 @@ class Grouping:
         runs: the study's runs (the group of each is computed once, here).
         mode: one of :data:`POPULATION_MODES`.
         cap: the most members of a population.
+        smallest: the fewest members of a population (default :data:`MIN_POPULATION`).
     """
 
     def __init__(self, runs: Sequence[PlannedRun], mode: str = "auto",
-                 cap: int = MAX_POPULATION) -> None:
+                 cap: int = MAX_POPULATION, smallest: int | None = None) -> None:
         if mode not in POPULATION_MODES:
             raise ValueError(f"population must be one of {', '.join(POPULATION_MODES)}, "
                              f"got {mode!r}")
-        if cap < 2:
-            raise ValueError(f"a population has at least 2 members, got a cap of {cap}")
-        self.mode, self.cap = mode, cap
+        smallest = MIN_POPULATION if smallest is None else smallest
+        if smallest < 2 or cap < smallest:
+            raise ValueError(f"a population has at least 2 members and the cap is at least "
+                             f"the smallest population, got {smallest} and a cap of {cap}")
+        self.mode, self.cap, self.smallest = mode, cap, smallest
         self.group: dict[str, Hashable | None] = {}
         #: ``{reason: [labels of the arms it kept from forming a population]}``.
         self.reasons: dict[str, list[str]] = {}
@@ -98,7 +111,7 @@ class Grouping:
                 self.group[r.key] = group_key(r.config)
                 continue
             self.group[r.key] = None
-            if arms[(r.config.task, r.label)] > 1:  # it would have formed a population
+            if arms[(r.config.task, r.label)] >= smallest:  # it would have formed one
                 where = f"{r.label} on {r.config.task}"
                 listed = self.reasons.setdefault(reason, [])
                 if where not in listed:
@@ -106,7 +119,8 @@ class Grouping:
 
     def items(self, runs: Sequence[PlannedRun]) -> list[PlannedRun | PopulationRun]:
         """``runs`` as work items, in the order of ``runs``: the runs of one group form
-        populations (placed where their first member was), the others stay alone."""
+        populations (placed where their first member was) when they are at least
+        ``smallest``, the others stay alone."""
         groups: dict[Hashable, list[PlannedRun]] = {}
         for r in runs:
             g = self.group.get(r.key)
@@ -115,10 +129,10 @@ class Grouping:
         first: dict[str, PopulationRun] = {}
         grouped: set[str] = set()
         for members in groups.values():
-            if len(members) < 2:
+            if len(members) < self.smallest:
                 continue
             for chunk in _chunks(members, self.cap):
-                if len(chunk) > 1:
+                if len(chunk) >= self.smallest:
                     first[chunk[0].key] = PopulationRun(tuple(chunk))
                     grouped.update(m.key for m in chunk)
         out: list[PlannedRun | PopulationRun] = []

@@ -1,9 +1,11 @@
-"""Population runs: P runs that differ only in seed, trained as one batched program.
+"""Population runs: P runs that differ only in seed and hyperparameter values, trained as one
+batched program.
 
-A study arm's seeds share everything but the seed: task and options, optimizer and
-hyperparameters, schedule, batch size, budget and clipping (:func:`group_key`). Run one at a
-time, a small model's step is mostly per-operation overhead; :func:`execute_population` trains
-them together instead and returns the same records :func:`optimlab.lab.runs.execute` would.
+A study arm's seeds share everything but the seed, and the arms of a sweep over the optimizer's
+hyperparameters everything but those values: task and options, optimizer, schedule, batch
+size, budget, which clippings are on (:func:`group_key`). Run one at a time, a small model's
+step is mostly per-operation overhead; :func:`execute_population` trains them together instead
+and returns the same records :func:`optimlab.lab.runs.execute` would.
 
 **How.** Each member's task is built and set up with its own seed exactly as ``execute`` does
 (``torch.manual_seed(seed)``, ``task.setup(seed, device)``) and draws its own batches from its
@@ -13,26 +15,58 @@ member ``i``'s model parameter ``j`` is re-pointed at the slice ``S_j[i]`` (it s
 memory), so the member's own task evaluates, measures and plots the member's current
 parameters with its own code. A step computes every member's loss and gradients at once,
 ``vmap(grad(loss_i))`` over the stacked parameters and the stacked batches, where ``loss_i`` is
-the task's own ``loss`` called through ``torch.func.functional_call``; then one optimizer step
-updates all the stacked tensors. That step is each member's own step because the optimizer's
-rules are elementwise (each rule declares it: ``Transform.elementwise``) and its
-hyperparameters are the same for every member. What is not elementwise is done per member:
-the gradient norm that is measured, the global-norm clipping
-``g_i <- g_i * min(1, c / (||g_i|| + 1e-6))`` with ``||g_i||`` the L2 norm of member ``i``'s
-gradients over all tensors (``torch.nn.utils.clip_grad_norm_``'s formula), and
-the non-finite gradient check.
+the task's own ``loss`` called through ``torch.func.functional_call`` (measured on the CPU:
+gradients bit-identical to the runs alone; one backward pass of ``sum_i L_i`` through the
+vmapped forward costs about a quarter less but sums in another order, and after 1000 steps its
+rounding had grown to 1.3e-5 relative on a converged mini-batch loss, beyond the tolerance
+the records are held to). Then one optimizer step updates all the stacked tensors. That step
+is each member's own step because the optimizer's rules are elementwise (each rule declares
+it: ``Transform.elementwise``).
+
+**Per-member hyperparameters.** Members may differ in the values of the optimizer's numeric
+hyperparameters (learning rate, betas, momentum, weight decay, ...) and of the clipping
+thresholds (:func:`group_key`). The members are ordered so that equal hyperparameters are
+contiguous, rows ``a_j .. b_j`` of every stacked tensor, and the optimizer gets one param
+group per distinct set: group ``j`` holds the views ``S[a_j:b_j]`` (its steps write into the
+stacked tensors) with the group keys an optimizer built with that set has, so each group's
+rules run with their own hyperparameters on their own members; each group has its own
+learning-rate schedule. What is not elementwise is done per member, with per-member
+thresholds (tensors with the population axis): the gradient norm that is measured, the
+value clipping ``g_i <- clamp(g_i, -v_i, v_i)``, the global-norm clipping
+``g_i <- g_i * min(1, c_i / (||g_i|| + 1e-6))`` with ``||g_i||`` the L2 norm of member
+``i``'s gradients over all tensors (``torch.nn.utils.clip_grad_norm_``'s formula), and the
+non-finite gradient check.
 
 **Members stop alone.** Every member runs the sequential run's own bookkeeping
 (:class:`optimlab.lab.runs._Run`: evaluation grid, divergence rule, series, record). A member
-that diverges, or whose gradient is not finite (recorded as the sequential run's
-``NonFiniteGradientError``, with the same message), has its record written at that moment;
-from then on its gradients are set to zero before every step, so the optimizer's non-finite
-check never refuses the population's step for it, and the elementwise rules keep whatever its
-slice holds inside its slice.
+that diverges, or whose gradient is not finite under the optimizer's ``nonfinite="raise"``
+(recorded as the sequential run's ``NonFiniteGradientError``, with the same message), has its
+record written at that moment; before the next step the finished members leave the stack
+(``population_stack.Stack.compact``: the rows of the members still training are kept, in the
+stacked parameters and in every optimizer state, exactly). With ``fused=True`` (a new
+optimizer would compile again) they stay, their gradients set to zero before every step, so
+the optimizer's non-finite check never refuses the population's step for them, and the
+elementwise rules keep whatever their slices hold inside their slices. Under ``"ignore"`` nothing
+is checked, as in the sequential run: inf or NaN stay in the member's slice (elementwise
+rules, per-member clipping) until its loss diverges. ``"skip"`` is not batchable (one
+member's skipped step would have to be left out of the population's step).
+
+**Per step, one host synchronization**: the members' losses and gradient norms are read
+together. A member's gradient norm ``||g_i||`` also screens its gradients: it is finite only
+if every element is (a sum of squares with an inf or NaN term is inf or NaN), so elements are
+inspected only for a member whose norm is not finite (which may also be an overflow).
+
+**Data** comes from the task's :meth:`~optimlab.lab.tasks.Task.population_batches`: all
+members' batches of a step, stacked, each member's exactly the batch its own stream would
+give it (one gather for all members on the data tasks). **Evaluations** stay each member's
+own (``task.evaluate()``): on the CPU an evaluation is a forward pass over the whole data set,
+bound by its matrix products, and batching the members' evaluations (``vmap``: batched
+matrix products) measured slower, not faster, than evaluating them one by one.
 
 **Equality.** Batched matrix products may sum in another order than the sequential run's, so
-records agree to rounding, not bit for bit (``tests/test_population.py`` states the
-tolerances).
+records agree to rounding, not always bit for bit (``tests/test_population.py`` states the
+tolerances; measured on the CPU: mlp-digits parameters and evaluations bit-identical, its
+mini-batch losses to 3.3e-7 relative).
 
 **Time.** A member's time fields (``train_seconds``, ``warmup_seconds``,
 ``seconds_per_step``, ``time_to_target``, the curves' ``time``) are the population's: one
@@ -44,86 +78,64 @@ The cost of one member is about these times divided by ``P``, recorded as the sc
 
 from __future__ import annotations
 
-import json
+import math
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .. import schedules
-from ..chain import ChainOptimizer, NonFiniteGradientError
-from .optimizers import build_optimizer, lookup
-from .runs import _Run, describe_error, failed_record, run_hyperparams, setup_task
+from ..chain import NonFiniteGradientError
+from .optimizers import build_optimizer
+from .population_groups import batchable, group_key, hyperparameter_key
+from .population_stack import Stack, group_bounds, in_dims, member_part
+from .runs import (
+    _Run,
+    describe_error,
+    failed_record,
+    make_schedule,
+    run_hyperparams,
+    setup_task,
+)
 from .schema import RunConfig, RunRecord
 from .tasks import Task, make_task
 
-__all__ = ["batchable", "execute_population", "group_key"]
-
-def group_key(config: RunConfig) -> Hashable:
-    """Configs with equal keys may train as one population: everything that defines the run
-    except the seed (task and options, optimizer and hyperparameters, schedule, batch size,
-    budget, clipping, ...): the canonical JSON of the config's key fields without the seed."""
-    fields = config.key_fields()
-    fields.pop("seed", None)
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
-
-
-def batchable(config: RunConfig) -> str | None:
-    """None when the run can train in a population; else the reason it cannot (a short
-    sentence, stored as the note of a sequential fallback): a torch.optim class (or any
-    optimizer not built from rules), a rule that is not elementwise (e.g. global-norm clipping
-    inside the optimizer), a task that does not support populations (dropout, batch norm, the
-    GPU presets: :meth:`~optimlab.lab.tasks.Task.population_obstacle`), telemetry (it hooks one
-    model) or a wall-clock budget (each run would stop at its own machine-dependent step)."""
-    if config.telemetry:
-        return "telemetry hooks one model and optimizer; population members are not hooked"
-    if config.seconds is not None:
-        return "a wall-clock budget stops each run at its own, machine-dependent step"
-    try:
-        cls = lookup(config.optimizer).cls
-    except ValueError as e:
-        return f"the optimizer cannot be looked up: {e}"
-    if not issubclass(cls, ChainOptimizer):
-        return (f"optimizer {config.optimizer!r} ({cls.__module__}.{cls.__name__}) is not "
-                "built from optimlab rules, so its step cannot be applied to stacked tensors")
-    try:
-        probe = build_optimizer(config.optimizer, [nn.Parameter(torch.zeros(1))],
-                                config.hyperparams)
-    except (TypeError, ValueError) as e:
-        return f"the optimizer cannot be built: {e}"
-    for group in probe.param_groups:
-        for rule in probe.transforms_for(group):
-            if not rule.elementwise:
-                return (f"optimizer {config.optimizer!r} uses rule {type(rule).__name__}, "
-                        "which is not known to be elementwise (a per-tensor or global "
-                        "statistic would mix the members)")
-    try:
-        task = make_task(config.task, **config.task_options)
-    except Exception as e:  # the sequential run records it
-        return f"the task cannot be built: {e}"
-    return task.population_obstacle()
+__all__ = ["batchable", "execute_population", "group_key"]  # the first and last: re-exported
 
 
 class _Member(_Run):
-    """One member's bookkeeping: a sequential run's, over a slice of the stacked tensors."""
+    """One member's bookkeeping: a sequential run's, over a slice of the stacked tensors, in
+    param group ``group`` (of ``group_size`` members) of the population's optimizer."""
 
     def __init__(self, config: RunConfig, task: Task, optimizer: torch.optim.Optimizer,
-                 device: torch.device, lr_scale: float, size: int) -> None:
+                 device: torch.device, lr_scale: float, size: int, group: int,
+                 group_size: int) -> None:
         super().__init__(config, task, optimizer, device, None, lr_scale)
-        self.size = size
+        self.size, self.group, self.group_size = size, group, group_size
         self.record: RunRecord | None = None
 
+    def schedule(self) -> schedules.Schedule:
+        """The member's learning-rate schedule, from its own group's lr."""
+        base_lr = float(self.optimizer.param_groups[self.group].get("lr", 0.0))
+        return make_schedule(self.config.schedule, base_lr, self.steps)
+
+    def prepare_step(self) -> bool:
+        """As a run's; the learning rate recorded is the member's group's."""
+        measure = super().prepare_step()
+        self.lr_now = float(self.optimizer.param_groups[self.group]["lr"])
+        return measure
+
     def state_bytes(self) -> int:
-        """The member's share of the stacked state: a tensor with the population axis counts
-        ``1/P`` of its bytes; a scalar (a step count) counts whole."""
+        """The member's share of its group's state: a tensor with the group's member axis
+        counts ``1/group_size`` of its bytes; a scalar (a step count) counts whole."""
         total = 0
-        for st in self.optimizer.state.values():
-            for v in st.values():
+        for p in self.optimizer.param_groups[self.group]["params"]:
+            for v in self.optimizer.state.get(p, {}).values():
                 if isinstance(v, Tensor):
-                    n = v.numel() // self.size if v.dim() and v.shape[0] == self.size \
-                        else v.numel()
+                    n = (v.numel() // self.group_size
+                         if v.dim() and v.shape[0] == self.group_size else v.numel())
                     total += n * v.element_size()
         return total
 
@@ -146,31 +158,9 @@ class _LossOf(nn.Module):
         return self._loss(batch)
 
 
-def _stack_batches(batches: list[Any]) -> tuple[Any, Any]:
-    """The members' batches stacked along a new leading axis, and vmap's ``in_dims`` for them
-    (``None`` for a batch that is ``None``: the 2-D functions without noise)."""
-    first = batches[0]
-    if first is None:
-        return None, None
-    if isinstance(first, (tuple, list)):
-        return tuple(torch.stack(parts) for parts in zip(*batches, strict=True)), 0
-    return torch.stack(batches), 0
-
-
-def _per_member_norms(grads: list[Tensor], size: int) -> Tensor:
-    """``||g_i||``: the L2 norm of member ``i``'s gradients over all tensors, shape ``(P,)``
-    (per tensor, then over tensors, as ``torch.nn.utils.get_total_norm``)."""
-    per_tensor = [torch.linalg.vector_norm(g.reshape(size, -1), dim=1) for g in grads]
-    return torch.linalg.vector_norm(torch.stack(per_tensor, dim=1), dim=1)
-
-
-def _broadcastable(v: Tensor, like: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
-
-
 def execute_population(configs: Sequence[RunConfig], *, device: str | torch.device = "cpu",
                        threads: int | None = None) -> list[RunRecord]:
-    """Train ``configs`` (same :func:`group_key`, distinct seeds, all :func:`batchable`) as one
+    """Train ``configs`` (same :func:`group_key`, distinct runs, all :func:`batchable`) as one
     population; one record per config, in order, each equal to ``runs.execute(config)``'s
     record apart from wall-clock fields (to rounding: see the module docstring) and the scalar
     ``population_size`` (P).
@@ -185,21 +175,26 @@ def execute_population(configs: Sequence[RunConfig], *, device: str | torch.devi
         threads: ``torch.set_num_threads`` during the run (restored afterwards).
 
     Raises:
-        ValueError: no configs, configs of different groups, repeated seeds, a config that is
-            not batchable (the reason), or one that cannot be resolved.
+        ValueError: no configs, configs of different groups, a run given twice, a config that
+            is not batchable (the reason), or one that cannot be resolved.
     """
     configs = [c.resolved() for c in configs]
     if not configs:
         raise ValueError("a population needs at least one config")
     keys = {group_key(c) for c in configs}
     if len(keys) > 1:
-        raise ValueError("a population's configs must differ only in seed (group_key)")
-    seeds = [c.seed for c in configs]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"a population's seeds must be distinct, got {seeds}")
-    reason = batchable(configs[0])
-    if reason is not None:
-        raise ValueError(f"not batchable: {reason}")
+        raise ValueError("a population's configs must differ only in seed and hyperparameter "
+                         "values (group_key)")
+    runs = [c.key() for c in configs]
+    if len(set(runs)) != len(runs):
+        raise ValueError("a population's configs must be distinct runs, got a run twice "
+                         f"(seeds {[c.seed for c in configs]})")
+    distinct = {(hyperparameter_key(dict(c.hyperparams)), c.clip_norm, c.clip_value): c
+                for c in configs}
+    for config in distinct.values():  # e.g. an lr the optimizer refuses
+        reason = batchable(config)
+        if reason is not None:
+            raise ValueError(f"not batchable: {reason}")
     device = torch.device(device)
     old_threads = torch.get_num_threads()
     if threads is not None:
@@ -237,41 +232,70 @@ class _Population:
         return [r for r in self.records if r is not None]
 
     def _train(self, tasks: list[tuple[int, Task]], wall0: float) -> None:
-        size = len(tasks)
-        first = tasks[0][1]
         stage = "building the optimizer"
         try:
-            config, hyper, scale = run_hyperparams(self.configs[tasks[0][0]],
-                                                   int(first.n_train))
+            planned = [(i, task, *run_hyperparams(self.configs[i], int(task.n_train)))
+                       for i, task in tasks]
+            # Members with equal hyperparameters are contiguous: group j is rows a_j..b_j of
+            # every stacked tensor, in param group j of the optimizer.
+            first_seen: dict[str, int] = {}
+            for _, _, _, hyper, _ in planned:
+                first_seen.setdefault(hyperparameter_key(hyper), len(first_seen))
+            planned.sort(key=lambda m: first_seen[hyperparameter_key(m[3])])
+            tasks = [(i, task) for i, task, *_ in planned]
+            first = tasks[0][1]
             names = [n for n, p in first.model.named_parameters() if p.requires_grad]
             stacked = [torch.stack([t.parameters()[j].detach() for _, t in tasks])
                        .requires_grad_(True) for j in range(len(names))]
             for m, (_, task) in enumerate(tasks):
                 for p, s in zip(task.parameters(), stacked, strict=True):
                     p.data = s.detach()[m]  # the member's parameter is its slice
-            optimizer = build_optimizer(config.optimizer, stacked, hyper)
-            members = []
-            for i, task in tasks:
-                member_config, _, _ = run_hyperparams(self.configs[i], int(task.n_train))
-                members.append(_Member(member_config, task, optimizer, self.device, scale,
-                                       size))
+            bounds = group_bounds([first_seen[hyperparameter_key(m[3])] for m in planned])
+            optimizer = self._optimizer(planned[0][2].optimizer, stacked, bounds,
+                                        [planned[a][3] for a, _ in bounds])
+            members = [_Member(config, task, optimizer, self.device, scale, len(tasks), j,
+                               b - a)
+                       for j, (a, b) in enumerate(bounds)
+                       for _, task, config, _, scale in planned[a:b]]
             stage = "training"
             for m in members:
                 m.begin(scheduled=False)
                 m.wall0 = wall0
+            config = members[0].config
+            batch_size = None if config.batch_size == "full" else int(config.batch_size)
+            stream = first.population_batches(
+                [task for _, task in tasks], batch_size,
+                [torch.Generator().manual_seed(m.config.seed) for m in members])
+            scheduler = schedules.ScheduledLR(optimizer, [members[a].schedule()
+                                                          for a, _ in bounds])
         except (Exception, SystemExit) as e:
             for i, task in tasks:
                 self.records[i] = failed_record(self.configs[i], describe_error(e, stage),
                                                 task=task,
                                                 wall_seconds=time.perf_counter() - wall0)
             return
-        scheduler = schedules.ScheduledLR(optimizer, members[0].schedule())
         grad_fn = torch.func.grad_and_value(self._member_loss(first, names))
-        self._loop(members, stacked, optimizer, scheduler, grad_fn)
+        stack = Stack(list(members), stacked, bounds, optimizer, scheduler,
+                       planned[0][2].optimizer, planned[0][3])
+        self._loop(stack, grad_fn, stream)
         for (i, _), m in zip(tasks, members, strict=True):
             if m.record is None:
                 m.close()
             self.records[i] = m.record
+
+    @staticmethod
+    def _optimizer(name: str, stacked: list[Tensor], bounds: list[tuple[int, int]],
+                   hypers: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        """The population's optimizer: param group ``j`` holds rows ``a_j..b_j`` of every
+        stacked tensor (views: the steps write into the stacked tensors) with the group keys
+        an optimizer built with ``hypers[j]`` has."""
+        probe = [nn.Parameter(torch.zeros(1))]
+        groups = []
+        for (a, b), hyper in zip(bounds, hypers, strict=True):
+            keys = {k: v for k, v in build_optimizer(name, probe, hyper).param_groups[0].items()
+                    if k != "params"}
+            groups.append({"params": [s.detach()[a:b] for s in stacked], **keys})
+        return build_optimizer(name, groups, hypers[0])
 
     @staticmethod
     def _member_loss(task: Task, names: list[str]) -> Any:
@@ -284,60 +308,57 @@ class _Population:
 
         return loss
 
-    def _loop(self, members: list[_Member], stacked: list[Tensor],
-              optimizer: torch.optim.Optimizer, scheduler: schedules.ScheduledLR,
-              grad_fn: Any) -> None:
-        size, device = len(members), self.device
-        config = members[0].config
-        dead = torch.zeros(size, dtype=torch.bool, device=device)
-        for k, m in enumerate(members):
+    def _loop(self, stack: Stack, grad_fn: Any, stream: Iterator[Any]) -> None:
+        task = stack.members[0].task
+        refuse = getattr(stack.optimizer, "nonfinite", "raise") == "raise"
+        dead: list[int] = []
+        for k, m in enumerate(stack.members):
             if not m.active():
                 m.close()
-                dead[k] = True
+                dead.append(k)
         while True:
+            if dead and stack.compactable():
+                stack.compact()
+                dead = []
+            members, stacked, optimizer = stack.members, stack.stacked, stack.optimizer
             live = [k for k, m in enumerate(members) if m.record is None]
             if not live:
                 return
             try:
                 measured = [k for k in live if members[k].prepare_step()]
                 t0 = time.perf_counter()
-                drawn = {k: members[k].draw() for k in live}
-                filler = drawn[live[0]]  # a stopped member computes on someone's batch
-                batch, batch_dims = _stack_batches([drawn.get(k, filler)
-                                                    for k in range(size)])
-                grads, losses = torch.vmap(grad_fn, in_dims=(0, batch_dims))(tuple(stacked),
-                                                                              batch)
-                for s, g in zip(stacked, grads, strict=True):
-                    s.grad = g
+                batch = stack.rows_of(next(stream))
+                examples = task.batch_examples(member_part(batch, 0))
+                grads, losses = torch.vmap(grad_fn, in_dims=(0, in_dims(batch)))(
+                    tuple(stacked), batch)
+                grads = list(grads)
+                for group, (a, b) in zip(optimizer.param_groups, stack.bounds, strict=True):
+                    for view, g in zip(group["params"], grads, strict=True):
+                        view.grad = g[a:b]
+                total = stack.clipping.apply(grads, raw=bool(measured))
+                # One host sync per step: the losses, the norms the records and the
+                # non-finite screen need.
+                values, norms, raw = torch.stack([losses.double(), total[0].double(),
+                                                  total[1].double()]).tolist()
+                for k in measured:
+                    members[k].grad_norm = raw[k]
                 for k in live:
                     members[k].closure_evals += 1
-                grads = list(grads)
-                if measured:
-                    norms = _per_member_norms(grads, size).tolist()
-                    for k in measured:
-                        members[k].grad_norm = norms[k]
-                if config.clip_value is not None:
-                    torch._foreach_clamp_min_(grads, -config.clip_value)
-                    torch._foreach_clamp_max_(grads, config.clip_value)
-                if config.clip_norm is not None:
-                    total = _per_member_norms(grads, size)
-                    coef = torch.clamp(config.clip_norm / (total + 1e-6), max=1.0)
-                    for g in grads:
-                        g.mul_(_broadcastable(coef, g))
-                finite = torch.stack([torch.isfinite(g).reshape(size, -1).all(dim=1)
-                                      for g in grads]).all(dim=0).tolist()
-                for k in live:
-                    if not finite[k]:
+                    members[k].n_examples += examples
+                    # ||g_k|| finite => every element finite (a sum of squares with an inf or
+                    # NaN term is inf or NaN); only a non-finite norm is checked element-wise.
+                    if refuse and not math.isfinite(norms[k]) and not all(
+                            bool(torch.isfinite(g[k]).all()) for g in grads):
                         self._refuse(members[k], [g[k] for g in grads])
-                        dead[k] = True
-                if bool(dead.any()):
+                        dead.append(k)
+                if dead:
+                    index = torch.tensor(dead, device=grads[0].device)
                     for g in grads:
-                        g[dead] = 0
+                        g.index_fill_(0, index, 0)
                 optimizer.step()
-                scheduler.step()
-                values = losses.tolist()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                stack.scheduler.step()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
                 dt = time.perf_counter() - t0
             except (Exception, SystemExit) as e:  # every member still training fails
                 for k in live:
@@ -355,7 +376,7 @@ class _Population:
                     m.stop(e)
                 if not m.active():
                     m.close()
-                    dead[k] = True
+                    dead.append(k)
 
     @staticmethod
     def _refuse(member: _Member, grads: list[Tensor]) -> None:

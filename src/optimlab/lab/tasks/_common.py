@@ -122,6 +122,31 @@ def epoch_batches(x: Tensor, y: Tensor, batch_size: int | None, generator: torch
             yield x[idx], y[idx]
 
 
+def stacked_epoch_batches(xs: Sequence[Tensor], ys: Sequence[Tensor], batch_size: int | None,
+                          generators: Sequence[torch.Generator]) -> Iterator[Batch]:
+    """:func:`epoch_batches` of several training sets of one size ``n``, stacked along a new
+    leading axis: part ``i`` of every batch is exactly the batch ``epoch_batches(xs[i],
+    ys[i], batch_size, generators[i])`` yields at that step. As there, each epoch draws
+    ``torch.randperm(n)`` from every ``generators[i]`` and cuts it into consecutive slices of
+    ``batch_size``; since all sets have ``n`` rows, their epochs end together, and a step's
+    rows of all sets are gathered with one ``index_select`` per tensor."""
+    x, y = torch.stack(list(xs)), torch.stack(list(ys))
+    p, n = x.shape[:2]
+    if batch_size is None or batch_size >= n:
+        while True:
+            yield x, y
+    flat_x, flat_y = x.reshape(p * n, *x.shape[2:]), y.reshape(p * n, *y.shape[2:])
+    offsets = torch.arange(p, device=x.device).unsqueeze(1) * n  # set i's rows start at i*n
+    while True:
+        perms = torch.stack([torch.randperm(n, generator=g) for g in generators])
+        perms = perms.to(x.device) + offsets
+        for start in range(0, n, batch_size):
+            rows = perms[:, start:start + batch_size].reshape(-1)
+            size = rows.numel() // p
+            yield (flat_x.index_select(0, rows).view(p, size, *x.shape[2:]),
+                   flat_y.index_select(0, rows).view(p, size, *y.shape[2:]))
+
+
 def window_batches(full: _T, high: int, batch_size: int | None, generator: torch.Generator,
                    windows: Callable[[Tensor], _T]) -> Iterator[_T]:
     """Endless batches of text windows: ``full`` every time for ``batch_size=None``, else

@@ -9,14 +9,14 @@ metrics. It also states a sensible step budget and a target for time-to-target m
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Batch", "Task", "TaskInfo"]
+__all__ = ["Batch", "Task", "TaskInfo", "stack_batches"]
 
 #: Whatever a task's loss takes: a tuple of tensors for data tasks, ``None`` for 2-D functions.
 Batch = Any
@@ -118,6 +118,19 @@ class Task(ABC):
         """
         return f"task {self.info.name!r} does not declare support for population runs"
 
+    def population_batches(self, members: Sequence[Task], batch_size: int | None,
+                           generators: Sequence[torch.Generator]) -> Iterator[Batch]:
+        """The training batches of a population's ``members`` (tasks like this one, each set
+        up with its own seed), one per step, stacked along a new leading member axis
+        (:func:`stack_batches`): member ``i``'s part of every batch is exactly the batch its
+        own ``members[i].batches(batch_size, generators[i])`` would yield at that step.
+
+        The default draws from each member's own stream and stacks; tasks whose batches are
+        rows of a training set override it with one gather for all members."""
+        streams = [m.batches(batch_size, g) for m, g in zip(members, generators, strict=True)]
+        while True:
+            yield stack_batches([next(s) for s in streams])
+
     def closure(self) -> Callable[[], Tensor]:
         """A closure for ``optimizer.step(closure)`` on the full objective."""
 
@@ -129,3 +142,15 @@ class Task(ABC):
             return loss
 
         return _closure
+
+
+def stack_batches(batches: Sequence[Batch]) -> Batch:
+    """Batches of a population's members stacked along a new leading axis: a tuple of the
+    stacked parts for tuple batches, the stacked tensors for tensor batches, ``None`` when
+    they are ``None`` (2-D functions without noise)."""
+    first = batches[0]
+    if first is None:
+        return None
+    if isinstance(first, (tuple, list)):
+        return tuple(torch.stack(parts) for parts in zip(*batches, strict=True))
+    return torch.stack(list(batches))

@@ -60,7 +60,7 @@ Newton's method with backtracking: Boyd & Vandenberghe, "Convex Optimization", s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from typing import Any
 
@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import check_batch_size, check_real, epoch_batches
+from ._common import check_batch_size, check_real, epoch_batches, stacked_epoch_batches
 from .base import Batch, Task, TaskInfo
 from .registry import register
 
@@ -309,6 +309,13 @@ class ConvexTask(Task):
         """Epoch-shuffled training batches (see the module docstring)."""
         batch_size = check_batch_size(batch_size)
         return epoch_batches(self.x_train, self.y_train, batch_size, generator)
+
+    def population_batches(self, members: Sequence[Task], batch_size: int | None,
+                           generators: Sequence[torch.Generator]) -> Iterator[Batch]:
+        """The members' batches gathered at once (:func:`stacked_epoch_batches`)."""
+        return stacked_epoch_batches([m.x_train for m in members],
+                                     [m.y_train for m in members],
+                                     check_batch_size(batch_size), generators)
 
     # -- metrics
 

@@ -71,7 +71,7 @@ batch size 32) reaches it in 200-1600 steps (seeds 0-9), well within the 3000-st
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import cache
 from typing import Any
 
@@ -90,6 +90,7 @@ from ._common import (
     check_min,
     classification_metrics,
     epoch_batches,
+    stacked_epoch_batches,
 )
 from .base import Batch, Task, TaskInfo
 from .convex import _load, _split, _standardize
@@ -235,6 +236,16 @@ class DigitsTask(Task):
                              f"{self.info.name} with batch norm, got {batch_size}")
         return epoch_batches(self.x_train, self.y_train, batch_size, generator,
                              min_size=self.min_batch)
+
+    def population_batches(self, members: Sequence[Task], batch_size: int | None,
+                           generators: Sequence[torch.Generator]) -> Iterator[Batch]:
+        """The members' batches gathered at once (:func:`stacked_epoch_batches`); with a
+        minimum batch size (batch norm), drawn one member at a time."""
+        if self.min_batch > 1:
+            return super().population_batches(members, batch_size, generators)
+        return stacked_epoch_batches([m.x_train for m in members],
+                                     [m.y_train for m in members],
+                                     check_batch_size(batch_size), generators)
 
     def evaluate(self) -> dict[str, float]:
         """Loss and accuracy per split in eval mode, and the generalization gap."""
@@ -417,6 +428,13 @@ class RobustRegressionTask(Task):
         """Epoch-shuffled training batches (module docstring)."""
         batch_size = check_batch_size(batch_size)
         return epoch_batches(self.x_train, self.y_train, batch_size, generator)
+
+    def population_batches(self, members: Sequence[Task], batch_size: int | None,
+                           generators: Sequence[torch.Generator]) -> Iterator[Batch]:
+        """The members' batches gathered at once (:func:`stacked_epoch_batches`)."""
+        return stacked_epoch_batches([m.x_train for m in members],
+                                     [m.y_train for m in members],
+                                     check_batch_size(batch_size), generators)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
