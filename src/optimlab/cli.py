@@ -119,6 +119,15 @@ cannot be told from others within seed noise, the advice says "no clear winner".
 The packaged evidence (--no-compute without a store of your own) is regenerated with:
   optimlab compare --no-report && optimlab advise --distill default \\
       --evidence-out src/optimlab/lab/studies/evidence.json""",
+    "landscape": """examples:
+  optimlab landscape --task mlp-digits --optimizers sgd,adam,sam
+  optimlab landscape --task mlp-digits --optimizers sgd,adam --task-option label_noise=0.2 \
+      --steps 2000 --resolution 31 --span 0.5 --out landscapes/
+
+Each optimizer trains the task from the same seed (a lab run with its default
+hyperparameters, or --lr); then the training loss is drawn on a 2-D slice around each
+solution along filter-normalized random directions (Li et al. 2018) and along the straight
+line between consecutive solutions. Data in landscape.json, plots as SVG, index.html.""",
     "list": """examples:
   optimlab list
   optimlab list tasks""",
@@ -339,7 +348,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     spec = StudySpec.from_mapping({
         "tasks": [args.task], "optimizers": [args.optimizer], "seeds": [args.seed],
         "batch_size": args.batch_size, "schedule": args.schedule,
-        "telemetry": args.telemetry, **_budget_and_clip(args),
+        "telemetry": args.telemetry, "sharpness": args.sharpness, **_budget_and_clip(args),
         "hyperparams": {args.optimizer: hyper} if hyper else {},
         "task": {args.task: {"options": _pairs(args.task_option, "--task-option")}},
     }, source="optimlab run", allow_import=_allow_import(args))
@@ -427,6 +436,30 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     if result.suggestion is not None:
         print(f"try: optimlab run --task {args.task} --optimizer {args.optimizer} "
               f"--lr {result.suggestion:.3g}")
+    return 0
+
+
+def _cmd_landscape(args: argparse.Namespace) -> int:
+    from .lab.landscapes import landscapes
+    from .lab.spec import StudySpec
+    from .lab.study import plan
+
+    hyper = _pairs(args.hp, "--hp")
+    if args.lr is not None:
+        hyper["lr"] = args.lr
+    optimizers = _csv(args.optimizers)
+    spec = StudySpec.from_mapping({
+        "tasks": [args.task], "optimizers": optimizers, "seeds": [args.seed],
+        "batch_size": args.batch_size, **_budget_and_clip(args),
+        "hyperparams": {o: hyper for o in optimizers} if hyper else {},
+        "task": {args.task: {"options": _pairs(args.task_option, "--task-option")}},
+    }, source="optimlab landscape", allow_import=_allow_import(args))
+    configs = [run.config for run in plan(spec)]
+    out = Path(args.out) if args.out else (
+        Path("optimlab-results") / _safe_dirname(f"landscape-{args.task}"))
+    landscapes(configs, out, resolution=args.resolution, span=args.span, seed=args.seed,
+               progress=lambda msg: print(msg, file=sys.stderr))
+    print(f"landscapes: {out / 'index.html'}")
     return 0
 
 
@@ -566,6 +599,8 @@ def _compare_overrides(args: argparse.Namespace, base: Any) -> dict[str, Any]:
     out.update(_budget_and_clip(args))
     if args.telemetry:
         out["telemetry"] = True
+    if args.sharpness:
+        out["sharpness"] = True
     lrs = _floats(args.lr, "--lr")
     if lrs is not None:
         optimizers = out.get("optimizers") or list(base.optimizers)
@@ -577,8 +612,8 @@ def _compare_overrides(args: argparse.Namespace, base: Any) -> dict[str, Any]:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     if args.study is not None:
-        from .lab.spec import StudySpec
-        spec = StudySpec.load(args.study, allow_import=_allow_import(args))
+        from .lab.spec import StudySpec, study_path
+        spec = StudySpec.load(study_path(args.study), allow_import=_allow_import(args))
     else:
         spec = _default_spec()
     overrides = _compare_overrides(args, spec)
@@ -713,6 +748,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     budget_args(p)
     p.add_argument("--telemetry", action="store_true", help="record gradient telemetry")
+    p.add_argument("--sharpness", action="store_true",
+                   help="measure the final sharpness (top Hessian eigenvalue, trace)")
     p.add_argument("--name", default=None, help="study name to store the run under")
     p.add_argument("--replace", action="store_true",
                    help="replace a study of that name saved with other settings (its runs "
@@ -731,7 +768,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "options change the default study or --study FILE.",
                        epilog=EXAMPLES["compare"], formatter_class=raw)
     p.add_argument("--study", metavar="FILE.toml",
-                   help="a study file (see the README); other options change its settings")
+                   help="a study file (see the README), or a packaged study by name "
+                        "(default, sharpness); other options change its settings")
     p.add_argument("--tasks", help="comma-separated task names")
     p.add_argument("--optimizers", help="comma-separated optimizer names")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
@@ -752,6 +790,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="fresh seeds for re-running each optimizer's best swept arm "
                         "(default: as many as --seeds when a hyperparameter is swept; 0: off)")
     p.add_argument("--telemetry", action="store_true", help="record gradient telemetry")
+    p.add_argument("--sharpness", action="store_true",
+                   help="measure the final sharpness (top Hessian eigenvalue, trace)")
     p.add_argument("--name", help="study name (default: derived from the settings)")
     p.add_argument("--replace", action="store_true",
                    help="replace a study of that name saved with other settings (its runs "
@@ -782,6 +822,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for lr_find.png and lr_find.json")
     allow_arg(p)
     p.set_defaults(func=_cmd_lr_find)
+
+    p = sub.add_parser("landscape", help="loss landscapes of trained runs (plots and data)",
+                       description="Train a task with each optimizer from the same seed and "
+                                   "draw the loss landscape around and between the solutions.",
+                       epilog=EXAMPLES["landscape"], formatter_class=raw)
+    p.add_argument("--task", required=True, help="task name (optimlab list tasks)")
+    p.add_argument("--optimizers", required=True, help="comma-separated optimizer names")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (every optimizer)")
+    run_args(p, hp=True)
+    p.add_argument("--seed", type=int, default=0)
+    budget_args(p)
+    p.add_argument("--resolution", type=int, default=21,
+                   help="points per axis of the 2-D slices (default 21)")
+    p.add_argument("--span", type=float, default=1.0,
+                   help="the slices cover [-span, span] along each direction (default 1)")
+    p.add_argument("--out", help="output folder (default optimlab-results/landscape-TASK/)")
+    allow_arg(p)
+    p.set_defaults(func=_cmd_landscape)
 
     p = sub.add_parser("tune", help="tune optimizers on tasks with an equal budget (Optuna)",
                        description="Tune each optimizer's hyperparameters on each task with "

@@ -26,11 +26,12 @@ import torch
 from torch.optim import Optimizer
 
 from .. import OPTIMIZERS
-from ..optimizers import BFGS, LBFGS, Newton, NewtonCG
+from ..optimizers import BFGS, LBFGS, SGD, Newton, NewtonCG
+from ..sam import SAM
 from .imports import load_attr
 from .validate import ValidationError
 
-__all__ = ["LAB_OPTIMIZERS", "SECOND_ORDER", "LabOptimizer", "UnknownOptimizerError",
+__all__ = ["LAB_OPTIMIZERS", "SAMSGD", "SECOND_ORDER", "LabOptimizer", "UnknownOptimizerError",
            "build_optimizer", "resolve_hyperparams"]
 
 
@@ -56,6 +57,20 @@ class LabOptimizer:
     description: str
     fixed: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+class SAMSGD(SAM):
+    """SAM (or ASAM with ``adaptive=True``) around :class:`optimlab.SGD`, with SGD's arguments
+    and SAM's as constructor arguments (the lab builds optimizers from keyword arguments);
+    Foret et al. (2020) used SAM with SGD and momentum."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.9,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                 rho: float = 0.05, adaptive: bool = False, eta: float = 0.01,
+                 nonfinite: str = "raise") -> None:
+        super().__init__(params, SGD, rho=rho, adaptive=adaptive, eta=eta, lr=lr,
+                         momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                         nesterov=nesterov, nonfinite=nonfinite)
 
 
 def _lab(name: str, cls_name: str, description: str, **defaults: Any) -> LabOptimizer:
@@ -100,6 +115,14 @@ LAB_OPTIMIZERS: dict[str, LabOptimizer] = {
                           fixed={"max_iter": 1},
                           defaults={"lr": 1.0, "history_size": 10,
                                     "line_search_fn": "strong_wolfe"}),
+    # Sharpness-aware minimization: two gradient evaluations per step (the closure runs
+    # twice), charged as such.
+    "sam": LabOptimizer("sam", SAMSGD, "SAM around SGD with momentum 0.9, rho=0.05, lr=0.01",
+                        defaults={"lr": 0.01, "momentum": 0.9, "rho": 0.05}),
+    "asam": LabOptimizer("asam", SAMSGD,
+                         "ASAM (adaptive SAM) around SGD with momentum 0.9, rho=0.5, lr=0.01",
+                         fixed={"adaptive": True},
+                         defaults={"lr": 0.01, "momentum": 0.9, "rho": 0.5}),
 }
 
 #: The lab optimizers that take a closure and evaluate it several times per step.

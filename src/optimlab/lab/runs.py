@@ -36,7 +36,8 @@ kernel selection and cache warm-up) are reported as ``warmup_seconds``; ``second
 the median of the later steps and ``time_to_target`` counts the warm-up steps at that median.
 
 **Series** (at evaluation steps, from one parameter snapshot before that step): update norm,
-parameter norm, gradient norm (before clipping), effective step size (update norm / gradient
+parameter norm, gradient norm (before clipping, at the step's starting point; NaN for the
+optimizers whose closure returns only the loss), effective step size (update norm / gradient
 norm) and the loss noise since the previous evaluation (see :data:`SERIES`).
 """
 
@@ -59,6 +60,7 @@ import torch
 from .. import schedules
 from ..chain import NonFiniteGradientError
 from ..optimizers import Evaluations
+from ..sam import SAM
 from ..telemetry import Telemetry
 from .optimizers import build_optimizer, plain
 from .pool import WorkerDied
@@ -73,7 +75,7 @@ from .schema import (
 )
 from .schema import steady_time as _steady_time
 from .tasks import Task, make_task
-from .work import HVP_COST, Memo, clipping_refusal, counts_evaluations, loss_only, random_loss
+from .work import HVP_COST, Memo, clipping_refusal, counts_evaluations, loss_only, replayable
 
 __all__ = ["DIVERGENCE_FACTOR", "ERROR_FRAMES", "MAX_EVALS_KEPT", "MAX_FINE_EVALS", "MAX_POINTS",
            "SCHEDULES", "SERIES", "SUSTAINED_FACTOR", "SUSTAINED_MIN_STEPS", "WARMUP_STEPS",
@@ -296,6 +298,16 @@ def execute(config: RunConfig, *, device: str | torch.device = "cpu",
             evaluation, is recorded instead: status ``"failed"`` with the error, or
             ``"diverged"``.
     """
+    return execute_with_task(config, device=device, threads=threads, on_eval=on_eval)[0]
+
+
+def execute_with_task(config: RunConfig, *, device: str | torch.device = "cpu",
+                      threads: int | None = None,
+                      on_eval: Callable[[int, dict[str, float]], None] | None = None
+                      ) -> tuple[RunRecord, Task | None]:
+    """:func:`execute`, also returning the task with the run's final parameters (``None`` when
+    the task could not be built), for measurements on the trained model (e.g.
+    :mod:`optimlab.lab.landscapes`)."""
     config = config.resolved()
     device = torch.device(device)
     wall0 = time.perf_counter()
@@ -311,14 +323,17 @@ def execute(config: RunConfig, *, device: str | torch.device = "cpu",
         stage = "building the optimizer"
         config, hyper, scale = run_hyperparams(config, int(task.n_train))
         optimizer = build_optimizer(config.optimizer, task.parameters(), hyper)
+        if isinstance(optimizer, SAM) and optimizer.model is None:
+            # its second evaluation leaves batch-norm running statistics alone
+            optimizer.model = getattr(task, "model", None)
         refusal = clipping_refusal(optimizer, config.optimizer)
         if refusal and (config.clip_norm is not None or config.clip_value is not None):
             raise ValueError(refusal)
         stage = "training"
-        return _Run(config, task, optimizer, device, on_eval, scale).train()
+        return _Run(config, task, optimizer, device, on_eval, scale).train(), task
     except (Exception, SystemExit) as e:  # recorded, so that the study goes on
         return failed_record(config, describe_error(e, stage), task=task,
-                             wall_seconds=time.perf_counter() - wall0)
+                             wall_seconds=time.perf_counter() - wall0), task
     finally:
         torch.set_num_threads(old_threads)
 
@@ -490,7 +505,7 @@ class _Run:
         self.reports_evaluations = counts_evaluations(optimizer)
         full = config.batch_size == "full" or int(config.batch_size) >= int(task.n_train)
         self.memo = (Memo(self.params) if self.reports_evaluations and not self.loss_only and full
-                     and not random_loss(getattr(task, "model", None)) else None)
+                     and replayable(getattr(task, "model", None)) else None)
         self.n_examples = 0
         self.grad_norm: float | None = None
         self.evals: dict[str, Any] = {"step": [], "time": [], "grad_evals": [], "examples": [],
@@ -507,6 +522,8 @@ class _Run:
         if self.memo is not None:
             remembered = self.memo.lookup(batch)
             if remembered is not None:
+                if measure and self.grad_norm is None:  # the step's starting point
+                    self.grad_norm = _total_norm(self.params)
                 return remembered
         self.closure_evals += 1
         if self.reports_evaluations:
@@ -716,6 +733,10 @@ class _Run:
         if not self.evals["step"] or self.evals["step"][-1] != self.step:
             with contextlib.suppress(Exception):
                 self.evaluate(self.step)
+        if self.config.sharpness and self.status == "ok":
+            from .curvature import measure_sharpness
+
+            self.scalars.update(measure_sharpness(self.task, self.config.seed))
         return self._record(self.status, self.error, self.curve, self.lr_curve, self.series,
                             self.trajectory, self.step, self.step_times, self.scalars,
                             self.telemetry, self.wall0)

@@ -111,7 +111,8 @@ def parse_batch_size(value: Any) -> int | str:
 
 #: Fields new in key version 2, left out of the key while at their default (keeps it short).
 _NEW_DEFAULTS: dict[str, Any] = {"clip_norm": None, "clip_value": None, "lr_scaling": "none",
-                                 "base_batch_size": 32, "examples": None, "epochs": None}
+                                 "base_batch_size": 32, "examples": None, "epochs": None,
+                                 "sharpness": False}
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,8 @@ class RunConfig:
         lr_scaling: ``"none"``, ``"linear"`` or ``"sqrt"``: the lr used is
             ``lr * (batch / base_batch_size) ** p`` with ``p`` = 0, 1, 1/2.
         base_batch_size: the batch size the given ``lr`` refers to.
+        sharpness: measure the final parameters' sharpness (top Hessian eigenvalue, Hessian
+            trace: :mod:`optimlab.lab.curvature`), recorded as scalars.
     """
 
     task: str
@@ -164,6 +167,7 @@ class RunConfig:
     clip_value: float | None = None
     lr_scaling: str = "none"
     base_batch_size: int = 32
+    sharpness: bool = False
 
     def __post_init__(self) -> None:
         setattr_ = object.__setattr__
@@ -187,8 +191,9 @@ class RunConfig:
         setattr_(self, "seconds", optional(positive_float, "seconds", self.seconds))
         setattr_(self, "clip_norm", optional(positive_float, "clip_norm", self.clip_norm))
         setattr_(self, "clip_value", optional(positive_float, "clip_value", self.clip_value))
-        if not isinstance(self.telemetry, bool):
-            raise ValueError(f"telemetry must be true or false, got {self.telemetry!r}")
+        for name in ("telemetry", "sharpness"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.lr_scaling not in LR_SCALING:
             raise ValueError(f"unknown lr_scaling {self.lr_scaling!r}; allowed: "
                              f"{', '.join(LR_SCALING)}")
@@ -382,7 +387,10 @@ class RunRecord:
         scalars: further measurements by name: ``closure_evals`` always; ``escape_step``
             (the first step at which the task counted the iterate as escaped from its saddle,
             :meth:`optimlab.lab.tasks.Task.escaped`) on saddle tasks, absent when the run never
-            escaped; ``lr_scale`` when the config scales the lr with the batch size.
+            escaped; ``lr_scale`` when the config scales the lr with the batch size;
+            ``function_evals``, ``gradient_evals``, ``hvp_evals`` for optimizers that count
+            their evaluations (:mod:`optimlab.lab.work`); ``sharpness_*`` when
+            ``config.sharpness`` (:mod:`optimlab.lab.curvature`).
         telemetry: :meth:`optimlab.Telemetry.summary` when ``config.telemetry``.
         label: the study arm (set by the store for a study's records).
         schema: :data:`SCHEMA_VERSION`.

@@ -86,11 +86,24 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["BUDGETS", "DEFAULT_STUDY", "RANK_BY", "StudyError", "StudySpec", "TaskSettings",
-           "default_name", "load_study_file"]
+__all__ = ["BUDGETS", "DEFAULT_STUDY", "PACKAGED_STUDIES", "RANK_BY", "StudyError", "StudySpec",
+           "TaskSettings", "default_name", "load_study_file", "study_path"]
 
 #: The default comparison (``optimlab compare`` with no options).
 DEFAULT_STUDY = Path(__file__).parent / "studies" / "default.toml"
+#: Where the packaged studies live (``optimlab compare --study NAME`` finds ``NAME.toml`` here).
+PACKAGED_STUDIES = DEFAULT_STUDY.parent
+
+
+def study_path(name: str | Path) -> Path:
+    """The study file ``name``: the path as given when it exists or names a ``.toml`` file,
+    else the packaged study of that name (``default``, ``sharpness``), else the path as given
+    (whose loading then says it cannot be read)."""
+    path = Path(name)
+    if path.exists() or path.suffix == ".toml":
+        return path
+    packaged = PACKAGED_STUDIES / f"{path.name}.toml"
+    return packaged if str(name) == path.name and packaged.is_file() else path
 #: The ways a run's budget can be given (at most one per table).
 BUDGETS = ("steps", "examples", "epochs")
 #: What the ranking orders arms by (see the module docstring).
@@ -320,6 +333,9 @@ class StudySpec:
         seconds: a wall-clock budget per run (whichever ends first).
         eval_every: steps between evaluations (``None``: the runner's default grid).
         telemetry: record gradient telemetry.
+        sharpness: measure every run's final sharpness (top Hessian eigenvalue and trace,
+            :mod:`optimlab.lab.curvature`); the report plots it against the generalization
+            gap.
         clip_norm: clip the global L2 norm of the gradients before each step.
         clip_value: clip each gradient element to ``[-clip_value, clip_value]``.
         lr_scaling: ``"none"``, ``"linear"`` or ``"sqrt"``: the lr of a run is
@@ -348,6 +364,7 @@ class StudySpec:
     seconds: float | None = None
     eval_every: int | None = None
     telemetry: bool = False
+    sharpness: bool = False
     clip_norm: float | None = None
     clip_value: float | None = None
     lr_scaling: str = "none"
@@ -387,6 +404,7 @@ class StudySpec:
                                          "number of seconds"))
         set_(self, "eval_every", _eval_every("eval_every", self.eval_every, limits))
         set_(self, "telemetry", v.boolean("telemetry", self.telemetry))
+        set_(self, "sharpness", v.boolean("sharpness", self.sharpness))
         set_(self, "clip_norm", v.optional(v.positive_float, "clip_norm", self.clip_norm))
         set_(self, "clip_value", v.optional(v.positive_float, "clip_value", self.clip_value))
         set_(self, "lr_scaling", v.choice("lr_scaling", self.lr_scaling, LR_SCALING))
@@ -413,6 +431,7 @@ class StudySpec:
         set_(self, "task", {str(name): _task_settings(str(name), table, self.tasks,
                                                       self.optimizers, limits)
                             for name, table in tables.items()})
+        self._check_clipping()
         last = max(self.heldout_seed_list, default=0)
         if last > v.MAX_SEED:
             raise v.ValidationError("heldout_seeds", f"would use seeds up to {last}, beyond "
@@ -513,6 +532,8 @@ class StudySpec:
                 value = value.changed()
                 if not value:
                     continue  # the defaults: not written, as before limits existed
+            elif f.name == "sharpness" and not value:
+                continue  # not written when off, as before it existed (names stay the same)
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
@@ -524,6 +545,27 @@ class StudySpec:
     def resolved_name(self) -> str:
         """``name``, or :func:`default_name` of the content."""
         return self.name or default_name(self)
+
+    def _check_clipping(self) -> None:
+        """Gradient clipping with a line-search or second-order optimizer is refused before
+        anything runs (the runner refuses it too: :func:`optimlab.lab.work.clipping_refusal`)."""
+        from .optimizers import SECOND_ORDER
+
+        for task in self.tasks:
+            t = self.settings(task)
+            where = f"task.{task}." if t.clip_norm is not None or t.clip_value is not None \
+                else ""
+            if (t.clip_norm if t.clip_norm is not None else self.clip_norm) is None and (
+                    t.clip_value if t.clip_value is not None else self.clip_value) is None:
+                continue
+            for name in self.optimizers:
+                if name in SECOND_ORDER:
+                    field = "clip_norm" if (t.clip_norm if t.clip_norm is not None
+                                            else self.clip_norm) is not None else "clip_value"
+                    raise v.ValidationError(
+                        where + field, f": gradient clipping does not apply to {name!r}, whose "
+                        "line search needs the loss's true gradient (leave it out of the "
+                        "study, or clip only the other optimizers in their own study)")
 
     def settings(self, task: str) -> TaskSettings:
         """The per-task table of ``task`` (an empty one when the study has none)."""

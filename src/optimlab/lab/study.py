@@ -137,7 +137,7 @@ def _base_config(spec: StudySpec, task: str, optimizer: str, hyper: Mapping[str,
         examples=budget.examples, epochs=budget.epochs,
         seconds=t.seconds if t.seconds is not None else spec.seconds,
         eval_every=t.eval_every if t.eval_every is not None else spec.eval_every,
-        telemetry=spec.telemetry,
+        telemetry=spec.telemetry, sharpness=spec.sharpness,
         clip_norm=t.clip_norm if t.clip_norm is not None else spec.clip_norm,
         clip_value=t.clip_value if t.clip_value is not None else spec.clip_value,
         lr_scaling=spec.lr_scaling, base_batch_size=spec.base_batch_size)

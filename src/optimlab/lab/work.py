@@ -18,13 +18,14 @@ The runs also record the counts by kind (scalars ``function_evals``, ``gradient_
 ``hvp_evals``) for optimizers that report them.
 
 **The last evaluation is remembered** (:class:`Memo`) on the full batch, when the loss is a
-function of the parameters and the batch only (no dropout: :func:`random_loss`): a quasi-Newton
-step (``torch.optim.LBFGS``'s convention, which ``ol.LBFGS`` keeps) starts
-by evaluating the closure at the point where the previous step's line search already evaluated
-it. When the parameters equal (bit for bit) those of the last evaluation and the batch is the same
-tensors, the closure returns the remembered loss and restores the remembered gradients instead
-of computing them again, and nothing is charged, as SciPy's ``minimize`` caches ``f`` and ``g``
-at the last point. With mini-batches every step draws a new batch, so nothing is reused.
+function of the parameters and the batch only and evaluating it changes nothing else (no
+dropout, no batch-norm running statistics: :func:`replayable`): a quasi-Newton step
+(``torch.optim.LBFGS``'s convention, which ``ol.LBFGS`` keeps) starts by evaluating the closure
+at the point where the previous step's line search already evaluated it. When the parameters
+equal (bit for bit) those of the last evaluation and the batch is the same tensors, the closure
+returns the remembered loss and restores the remembered gradients instead of computing them
+again, and nothing is charged, as SciPy's ``minimize`` caches ``f`` and ``g`` at the last
+point. With mini-batches every step draws a new batch, so nothing is reused.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from torch.optim import Optimizer
 from ..optimizers import Evaluations
 
 __all__ = ["HVP_COST", "Memo", "clipping_refusal", "counts_evaluations", "loss_only",
-           "random_loss"]
+           "replayable"]
 
 #: Gradient evaluations charged for one Hessian-vector product: a forward-over-reverse or
 #: double-backward product costs about twice a gradient (Pearlmutter 1994; Griewank & Walther,
@@ -70,13 +71,19 @@ def clipping_refusal(optimizer: Optimizer, name: str) -> str | None:
             "newton)")
 
 
-def random_loss(model: torch.nn.Module | None) -> bool:
-    """Whether ``model``'s training loss draws random numbers (a dropout layer with ``p > 0``),
-    so that two evaluations at the same parameters on the same batch differ."""
+def replayable(model: torch.nn.Module | None) -> bool:
+    """Whether an evaluation of ``model``'s training loss can be replayed instead of
+    recomputed: it draws no random numbers (no dropout layer with ``p > 0``) and updates no
+    state (no normalization layer tracking running statistics), so two evaluations at the same
+    parameters on the same batch give the same result and leave the same model."""
     if model is None:
-        return False
-    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0
-               for m in model.modules())
+        return True
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            return False
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            return False
+    return True
 
 
 def _identity(batch: Any) -> Any:
@@ -106,7 +113,8 @@ class Memo:
         self.hits = 0
 
     def _flat(self) -> Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.params])
+        """The parameters' bits (so that -0.0 and 0.0, or two NaNs, are told apart)."""
+        return torch.cat([p.detach().reshape(-1).view(torch.uint8) for p in self.params])
 
     def lookup(self, batch: Any) -> Tensor | None:
         """The remembered loss if the parameters and the batch are those of the last

@@ -25,7 +25,7 @@ import io
 import itertools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,10 +36,33 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
-__all__ = ["LOG_SPAN", "MAX_DECADES", "MAX_LEGEND", "RC", "Band", "Interval", "LRLine",
-           "Panel", "Path2D", "Style", "SweepSeries", "bars_figure", "cost_figure", "curves_figure",
-           "interval_figure", "log_floor", "mpl_text", "profile_figure", "schedule_figure",
-           "series_figure", "styles_for", "svg_of", "sweep_figure", "trajectories_figure"]
+__all__ = [
+    "LOG_SPAN",
+    "MAX_DECADES",
+    "MAX_LEGEND",
+    "RC",
+    "Band",
+    "Interval",
+    "LRLine",
+    "Panel",
+    "Path2D",
+    "Style",
+    "SweepSeries",
+    "bars_figure",
+    "cost_figure",
+    "curves_figure",
+    "interval_figure",
+    "log_floor",
+    "mpl_text",
+    "profile_figure",
+    "scatter_figure",
+    "schedule_figure",
+    "series_figure",
+    "styles_for",
+    "svg_of",
+    "sweep_figure",
+    "trajectories_figure",
+]
 
 #: rcParams used for every figure.
 RC: dict[str, Any] = {
@@ -805,6 +828,32 @@ def bars_figure(names: Sequence[str], values: Sequence[float], styles: dict[str,
     ax.set_ylim(n - 0.5, -0.5)
     ax.set_xlabel(mpl_text(xlabel))
     ax.set_xlim(0, max(1.0, float(vals.max(initial=0)) * 1.15))
+    return svg_of(fig)
+
+
+def scatter_figure(points: Mapping[str, Sequence[tuple[float, float]]],
+                   styles: Mapping[str, Style], xlabel: str, ylabel: str) -> str:
+    """One point per run (``points[arm]``: its runs' ``(x, y)``), and per arm its mean with
+    min-max whiskers in both directions; log x where the values span decades."""
+    fig, ax = _figure(legend=bool(points))
+    xs_all = []
+    for arm, pts in points.items():
+        good = [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+        if not good:
+            continue
+        x, y = np.asarray(good, dtype=float).T
+        xs_all.append(x)
+        color = styles[arm].color
+        ax.plot(x, y, marker="o", markersize=3.5, linestyle="none", color=color, alpha=0.55)
+        mx, my = float(x.mean()), float(y.mean())
+        ax.errorbar([mx], [my], xerr=[[mx - x.min()], [x.max() - mx]],
+                    yerr=[[my - y.min()], [y.max() - my]], marker="D", markersize=6,
+                    color=color, linewidth=1.0, capsize=2.5, label=mpl_text(arm))
+    if xs_all and wants_log(xs_all, nonneg=True) and (_finite(xs_all) > 0).all():
+        ax.set_xscale("log")
+    ax.set_xlabel(mpl_text(xlabel))
+    ax.set_ylabel(mpl_text(ylabel))
+    _legend(ax, len(points))
     return svg_of(fig)
 
 

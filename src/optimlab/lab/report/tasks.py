@@ -26,6 +26,7 @@ from .plots import (
     interval_figure,
     many,
     profile_figure,
+    scatter_figure,
     series_figure,
     trajectories_figure,
 )
@@ -421,6 +422,38 @@ def _work_figure(page: PageBuilder, ctx: Context, task: str, arms: Sequence[ArmS
         task=task)
 
 
+#: Scalars the task table does not show (counts that other columns or results.csv carry).
+HIDDEN_SCALARS = ("closure_evals", "sharpness_hvps", "sharpness_trace_stderr",
+                  "sharpness_converged")
+#: The recorded sharpness measures (optimlab.lab.curvature) and how the report names them.
+SHARPNESS = {"sharpness_lambda_max": "top Hessian eigenvalue",
+             "sharpness_adaptive_lambda_max": "adaptive top eigenvalue",
+             "sharpness_trace": "Hessian trace"}
+
+
+def _sharpness_figure(page: PageBuilder, ctx: Context, task: str,
+                      arms: Sequence[ArmStats]) -> str | None:
+    """Final sharpness against the generalization gap, one point per run (runs recorded
+    with ``sharpness``), per arm its mean and range."""
+    points = {s.arm: [(float(r.scalars["sharpness_lambda_max"]),
+                       float(r.generalization_gap))
+                      for r in _ok(s) if "sharpness_lambda_max" in r.scalars
+                      and r.generalization_gap is not None] for s in arms}
+    points = {arm: [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+              for arm, pts in points.items()}
+    points = {arm: pts for arm, pts in points.items() if pts}
+    if not points:
+        return None
+    svg = scatter_figure(points, ctx.styles, "top Hessian eigenvalue at the end (sharpness)",
+                         "generalization gap (test − train loss)")
+    return page.figure("sharpness-gap", svg, (
+        "Sharpness against generalization: each run's top Hessian eigenvalue of the task's "
+        "training objective at its final parameters (Lanczos on Hessian-vector products, "
+        "optimlab.lab.curvature) and its generalization gap; per arm, "
+        "the mean (◆) with whiskers over the seeds' range. Flat minima are on the left; "
+        "the guides' claim is that they sit lower."), task=task)
+
+
 def _eval_grid(arms: Sequence[ArmStats]) -> str:
     """How often the runs were evaluated (the resolution of the settled step)."""
     gaps: list[int] = []
@@ -518,7 +551,8 @@ def task_section(page: PageBuilder, ctx: Context, task: str, arms: list[ArmStats
                 f"{name} at the evaluations against step: mean over ok seeds, min–max band."
                 + key_note(len(bands))), task=task, wide=many(len(bands))))
     for extra in (_trajectory_figure(page, ctx, task, arms),
-                  _series_figure(page, ctx, task, arms)):
+                  _series_figure(page, ctx, task, arms),
+                  _sharpness_figure(page, ctx, task, arms)):
         if extra:
             figs.append(extra)
     page.figures([f for f in figs if f])
@@ -538,8 +572,8 @@ def _task_table(page: PageBuilder, ctx: Context, arms: Sequence[ArmStats], metri
     gap = any(s.generalization_gap.n for s in arms)
     scalars: list[str] = []
     for s in arms:
-        scalars += [k for k in s.scalars if k not in scalars and k != "closure_evals"]
-    scalars = scalars[:2]
+        scalars += [k for k in s.scalars if k not in scalars and k not in HIDDEN_SCALARS]
+    scalars = sorted(scalars, key=lambda k: not k.startswith("sharpness_"))[:2]
     work = "steps" if per_step else "gradient evaluations"
     header = ["arm", "runs", f"{work} to target (settled)"]
     if not per_step:
@@ -549,7 +583,7 @@ def _task_table(page: PageBuilder, ctx: Context, arms: Sequence[ArmStats], metri
     header += ["time to target", "vs best", f"final {metric}", *(f"final {n}" for n in others)]
     if gap:
         header.append("generalization gap")
-    header += [*scalars, "rank"]
+    header += [*(f"final {SHARPNESS[k]}" if k in SHARPNESS else k for k in scalars), "rank"]
     rows, classes = [], []
     for s in order:
         row: list[Any] = [arm_cell(ctx, s, tags=True), status_cell(s),

@@ -2,8 +2,8 @@
 
 =====================  ==============================================================
 ``mlp-digits``         MLP on scikit-learn's 8x8 digits (64 features, 10 classes,
-                       cross-entropy); depth, width, init, batch norm, dropout and
-                       activation are options
+                       cross-entropy); depth, width, init, batch norm, dropout,
+                       activation and label noise are options
 ``cnn-digits``         small CNN on the digits as ``1 x 8 x 8`` images: 3x3 conv
                        (``channels``, default 16), ReLU, 2x2 max pool, 3x3 conv
                        (``2 * channels``), ReLU, linear classifier; cross-entropy
@@ -175,6 +175,20 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
+def noisy_labels(y: Tensor, fraction: float, n_classes: int, seed: int) -> Tensor:
+    """``y`` with exactly ``round(fraction * len(y))`` labels, chosen at random, replaced by
+    another class drawn uniformly from the other ``n_classes - 1`` (symmetric label noise, as in
+    Zhang et al. 2017, "Understanding deep learning requires rethinking generalization"); the
+    draws come from ``numpy.random.RandomState(seed + 1)`` (the split uses ``seed``)."""
+    rng = np.random.RandomState(seed + 1)
+    k = round(fraction * len(y))
+    idx = torch.from_numpy(rng.choice(len(y), size=k, replace=False)).to(y.device)
+    shift = torch.from_numpy(rng.randint(1, n_classes, size=k)).to(y.device)  # never 0
+    out = y.clone()
+    out[idx] = (y[idx] + shift) % n_classes
+    return out
+
+
 class DigitsTask(Task):
     """Classification of the 8x8 digits with a neural network (see the module docstring).
 
@@ -186,6 +200,8 @@ class DigitsTask(Task):
 
     #: Smallest training batch :meth:`batches` yields (2 with batch norm: it needs > 1 sample).
     min_batch: int = 1
+    #: Fraction of training labels replaced by another class (see :func:`noisy_labels`).
+    label_noise: float = 0.0
 
     def __init__(self, *, name: str, description: str, steps: int, target: float,
                  options: dict[str, Any]) -> None:
@@ -216,6 +232,8 @@ class DigitsTask(Task):
         self.y_train, self.y_val, self.y_test = (
             torch.from_numpy(np.asarray(y[i], dtype=np.int64)).to(device)
             for i in (i_train, i_val, i_test))
+        if self.label_noise > 0:
+            self.y_train = noisy_labels(self.y_train, self.label_noise, 10, seed)
         self.n_train = len(i_train)
         self.model = build_seeded(seed, self._build_model).to(device)
 
@@ -258,8 +276,9 @@ class MLPDigitsTask(DigitsTask):
 
     def __init__(self, *, depth: int = 2, width: int = 64, init: str = "default",
                  batchnorm: bool = False, dropout: float = 0.0, activation: str = "relu",
-                 steps: int, target: float) -> None:
+                 label_noise: float = 0.0, steps: int, target: float) -> None:
         self.depth = check_int("depth", depth, 1)
+        self.label_noise = check_interval("label_noise", label_noise, 0, 1)
         self.width = check_int("width", width, 1)
         self.init = check_choice("init", init, INITS)
         self.batchnorm = check_bool("batchnorm", batchnorm)
@@ -268,14 +287,16 @@ class MLPDigitsTask(DigitsTask):
         self.min_batch = 2 if self.batchnorm else 1
         extras = "".join([f", init={self.init}" if self.init != "default" else "",
                           ", batchnorm" if self.batchnorm else "",
-                          f", dropout={self.dropout:g}" if self.dropout else ""])
+                          f", dropout={self.dropout:g}" if self.dropout else "",
+                          f", label noise {self.label_noise:g}" if self.label_noise else ""])
         super().__init__(
             name="mlp-digits", steps=steps, target=target,
             description=f"MLP on 8x8 digits ({self.depth}x{self.width} {self.activation}"
                         f"{extras}, 10 classes, CE)",
             options={"depth": self.depth, "width": self.width, "init": self.init,
                      "batchnorm": self.batchnorm, "dropout": self.dropout,
-                     "activation": self.activation},
+                     "activation": self.activation,
+                     **({"label_noise": self.label_noise} if self.label_noise else {})},
         )
 
     def population_obstacle(self) -> str | None:
@@ -469,11 +490,14 @@ CNN_TARGET = 0.02
 @register("mlp-digits")
 def mlp_digits(*, depth: int = 2, width: int = 64, init: str = "default",
                batchnorm: bool = False, dropout: float = 0.0,
-               activation: str = "relu") -> MLPDigitsTask:
+               activation: str = "relu", label_noise: float = 0.0) -> MLPDigitsTask:
     """MLP on the 8x8 digits (1797 x 64, 10 classes); default 1000 steps, target train
-    loss 0.02. Bad options raise ``ValueError`` naming the option."""
+    loss 0.02. ``label_noise``: fraction of training labels replaced by another class
+    (:func:`noisy_labels`; validation and test labels stay clean). Bad options raise
+    ``ValueError`` naming the option."""
     return MLPDigitsTask(depth=depth, width=width, init=init, batchnorm=batchnorm,
-                         dropout=dropout, activation=activation, steps=MLP_STEPS,
+                         dropout=dropout, activation=activation, label_noise=label_noise,
+                         steps=MLP_STEPS,
                          target=MLP_TARGET)
 
 

@@ -109,6 +109,8 @@ SEARCH_SPACES: dict[str, dict[str, Param]] = {
     "newton-cg": _space(_lr(1e-2, 2.0)),
     "bfgs": _space(_lr(1e-2, 2.0)),
     "lbfgs": _space(_lr(1e-2, 2.0)),
+    "sam": _space(_lr(1e-4, 1.0), _MOMENTUM, Param("rho", 1e-3, 0.5)),
+    "asam": _space(_lr(1e-4, 1.0), _MOMENTUM, Param("rho", 1e-2, 5.0)),
 }
 assert set(SEARCH_SPACES) == set(LAB_OPTIMIZERS)
 
