@@ -10,7 +10,7 @@ torch.optim's defaults) by up to five implementations:
 
 * ``optimlab``          optimlab's default eager path (``torch._foreach_*`` kernels; on the CPU
                         one cache-sized tile at a time), ``nonfinite`` as ``--nonfinite`` says
-                        (the library default, ``"raise"``, unless told otherwise);
+                        (the library default, ``"ignore"``, unless told otherwise);
 * ``optimlab fused``    optimlab with ``fused=True`` (the update rules compiled by torch.compile);
 * ``torch default``     ``torch.optim.X(...)`` with neither ``foreach`` nor ``fused``: what a user
                         gets (on the CPU its for-loop, one tensor at a time; on CUDA foreach);
@@ -559,10 +559,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--torch-compiled", action=argparse.BooleanOptionalAction, default=None,
                     help="also time torch.compile(opt.step) of torch.optim's foreach optimizer "
                          "(default: on for CUDA, off for CPU)")
-    ap.add_argument("--nonfinite", choices=optimlab.NONFINITE_POLICIES, default="raise",
-                    help="optimlab's inf/NaN gradient check; 'raise' is the library default, "
-                         "'ignore' skips it as torch.optim does (one read of the gradients "
-                         "less)")
+    ap.add_argument("--nonfinite", choices=optimlab.NONFINITE_POLICIES, default="ignore",
+                    help="optimlab's inf/NaN gradient check; 'ignore' (no check, as "
+                         "torch.optim) is the library default, 'raise' and 'skip' are the "
+                         "opt-in checks (one more read of the gradients)")
     ap.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
                     help="time all implementations of an optimizer together, one step each "
                          "in turn (default: on for CPU; off for CUDA, where 1B parameters do "

@@ -131,7 +131,7 @@ def state_tensors(opt: torch.optim.Optimizer) -> list[tuple[Any, str, Tensor]]:
 # ----- the cases ---------------------------------------------------------------------------------
 def chain_adamw(params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False,
-                maximize: bool = False, nonfinite: str = "raise",
+                maximize: bool = False, nonfinite: str = "ignore",
                 foreach: bool | None = None) -> ol.ChainOptimizer:
     """AdamW written as a chain."""
     return ol.chain(params, T.scale_by_adam(*betas, eps=eps, amsgrad=amsgrad),
@@ -142,7 +142,7 @@ def chain_adamw(params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9
 def chain_full(params: Any, lr: float = 1e-3, max_norm: float = 1.0,
                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                weight_decay: float = 1e-2, l1: float = 1e-3, maximize: bool = False,
-               nonfinite: str = "raise", foreach: bool | None = None) -> ol.ChainOptimizer:
+               nonfinite: str = "ignore", foreach: bool | None = None) -> ol.ChainOptimizer:
     """Global-norm clipping, Adam, decoupled decay and the L1 proximal step."""
     return ol.chain(params, T.clip_by_global_norm(max_norm), T.scale_by_adam(*betas, eps=eps),
                     T.add_decayed_weights(weight_decay), T.l1_proximal(l1), lr=lr,
@@ -885,7 +885,7 @@ SHAPES5 = [(3,), (2, 2), (4,), (2, 3), (5,)]
 def test_nonfinite_raise_names_group_and_index_and_changes_nothing(case: Case,
                                                                      bad: float) -> None:
     ps = make_params(shapes=SHAPES5)
-    opt = _groups(case, ps)
+    opt = _groups(case, ps, nonfinite="raise")  # opt-in (the default checks nothing)
     # first step: nothing may be created
     set_grads(ps, 0)
     ps[3].grad[1, 2] = bad
@@ -941,11 +941,16 @@ def test_nonfinite_skip_skips_and_counts(case: Case) -> None:
     assert opt.skipped_steps == 2
 
 
+@pytest.mark.parametrize("explicit", [False, True], ids=["default", "ignore"])
 @pytest.mark.parametrize("case", CASES, ids=ids)
-def test_nonfinite_ignore_behaves_like_torch(case: Case) -> None:
+def test_nonfinite_ignore_behaves_like_torch(case: Case, explicit: bool) -> None:
+    """The default (``nonfinite="ignore"``) checks nothing: inf/NaN gradients flow into the
+    update exactly as with torch.optim."""
     ps = make_params()
     qs = clone_params(ps)
-    opt, ref = case.make(ps, nonfinite="ignore"), case.make_ref(qs)
+    opt = case.make(ps, nonfinite="ignore") if explicit else case.make(ps)
+    ref = case.make_ref(qs)
+    assert opt.nonfinite == "ignore"
     run(opt, ps, 2)
     run(ref, qs, 2)
     for params in (ps, qs):

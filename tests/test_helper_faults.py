@@ -118,7 +118,8 @@ def micro_loss(net: nn.Module, seed: int, poison: bool = False) -> Tensor:
 def test_accumulator_recovers_after_a_nan_micro_batch_with_zero_grad() -> None:
     net, ref = model(), model()
     net.eval(), ref.eval()  # batch statistics out of the way
-    acc = GradientAccumulator(ol.Adam(net.parameters(), lr=0.01), steps=2)
+    acc = GradientAccumulator(ol.Adam(net.parameters(), lr=0.01, nonfinite="raise"),
+                              steps=2)
     ref_acc = GradientAccumulator(ol.Adam(ref.parameters(), lr=0.01), steps=2)
     acc.backward(micro_loss(net, 0))
     acc.backward(micro_loss(net, 1, poison=True))
@@ -144,7 +145,7 @@ def test_accumulator_recovers_after_a_nan_micro_batch_with_zero_grad() -> None:
 def test_accumulator_retries_a_window_once_its_gradients_are_fixed() -> None:
     net = model()
     net.eval()
-    acc = GradientAccumulator(ol.SGD(net.parameters(), lr=0.1), steps=2)
+    acc = GradientAccumulator(ol.SGD(net.parameters(), lr=0.1, nonfinite="raise"), steps=2)
     acc.backward(micro_loss(net, 0))
     acc.backward(micro_loss(net, 1))
     bad = next(net.parameters()).grad
@@ -160,7 +161,7 @@ def test_accumulator_retries_a_window_once_its_gradients_are_fixed() -> None:
 def test_a_failed_flush_is_retried_by_step_without_rescaling_twice() -> None:
     net = model()
     net.eval()
-    acc = GradientAccumulator(ol.SGD(net.parameters(), lr=0.1), steps=4)
+    acc = GradientAccumulator(ol.SGD(net.parameters(), lr=0.1, nonfinite="raise"), steps=4)
     acc.backward(micro_loss(net, 0))
     p = next(net.parameters())
     expected = p.grad.clone() * 4  # one of four micro-batches: the mean of that one

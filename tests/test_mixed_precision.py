@@ -64,7 +64,7 @@ def bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 # ----- GradScaler and autocast ------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
 def test_grad_scaler_skips_nonfinite_step_state_untouched(bad: float) -> None:
-    """GradScaler skips optimizer.step() on inf/NaN: the default nonfinite='raise' never sees
+    """GradScaler skips optimizer.step() on inf/NaN: even nonfinite='raise' never sees
     the bad gradient; params and state stay bit-identical, the scale backs off, and the run
     stays in lockstep with torch.optim.Adam under its own scaler.
 
@@ -73,8 +73,8 @@ def test_grad_scaler_skips_nonfinite_step_state_untouched(bad: float) -> None:
     amplified by the fp16 forward pass, by an amount that depends on the CPU's kernels."""
     x, y = regression(64)
     models = [mlp(), mlp()]
-    opts = [ol.Adam(models[0].parameters(), lr=1e-2), torch.optim.Adam(models[1].parameters(),
-                                                                        lr=1e-2)]
+    opts = [ol.Adam(models[0].parameters(), lr=1e-2, nonfinite="raise"),
+            torch.optim.Adam(models[1].parameters(), lr=1e-2)]
     scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10) for _ in range(2)]
     for step in range(6):
         for opt in opts:

@@ -31,6 +31,7 @@ TensorList = list[Tensor]
 __all__ = [
     "Scalar",
     "TensorList",
+    "abs",
     "abs_",
     "add",
     "add_",
@@ -51,6 +52,7 @@ __all__ = [
     "mul_",
     "neg",
     "rdiv_",
+    "scale_add_",
     "shard_like",
     "soft_threshold_",
     "sqrt",
@@ -148,6 +150,27 @@ def add_(xs: Sequence[Tensor], ys: Sequence[Tensor], alpha: Scalar = 1.0) -> Non
         torch._foreach_add_(list(xs), list(ys), alpha=alpha)
 
 
+def scale_add_(xs: Sequence[Tensor], s: Scalar, ys: Sequence[Tensor]) -> None:
+    """``x <- s * x + y`` in place (a momentum buffer's update, ``v <- mu * v + u``).
+
+    With a number ``s`` on plain CPU tensors this is one pass over ``x`` and ``y``: torch's
+    ``add`` with ``alpha`` written into ``x`` (``torch.add(y, x, alpha=s, out=x)``), with its
+    rounding: ``y + s * x`` rounded once where the CPU kernels have a fused multiply-add (the
+    vector and the scalar loops alike, so the result does not depend on how a tensor is cut
+    into tiles), the product rounded first where they have none. Elsewhere (a 0-dim tensor
+    ``s`` on the compiled path, other devices, DTensors) it is ``x <- s * x`` then
+    ``x <- x + y``: one foreach launch each, the product rounded first. The two forms differ
+    by that rounding of ``s * x`` (at most half an ulp of it) carried through the final one.
+    """
+    xs, ys = list(xs), list(ys)
+    if xs and not _is_tensor(s) and xs[0].device.type == "cpu" and not is_dtensor(xs[0]):
+        for x, y in zip(xs, ys):
+            torch.add(y, x, alpha=s, out=x)
+    else:
+        torch._foreach_mul_(xs, s)
+        torch._foreach_add_(xs, ys)
+
+
 def _expanded(xs: Sequence[Tensor], s: Tensor) -> TensorList:
     # ``_foreach_add(list, 0-dim tensor)`` is lowered by inductor through ``s.item()``, a host
     # synchronization on CUDA; adding the scalar broadcast to each tensor's shape (a view, no
@@ -243,6 +266,11 @@ def rdiv_(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
     torch._foreach_mul_(list(xs), list(ys))
 
 
+def abs(xs: Sequence[Tensor]) -> TensorList:
+    """Return ``|x|``."""
+    return list(torch._foreach_abs(list(xs)))
+
+
 def abs_(xs: Sequence[Tensor]) -> None:
     """``x <- |x|`` in place."""
     torch._foreach_abs_(list(xs))
@@ -294,6 +322,7 @@ mul_ = _rebinding(mul_, lambda xs, s: list(torch._foreach_mul(
     list(xs), list(s) if isinstance(s, (list, tuple)) else s)))
 add_ = _rebinding(add_, add)
 add_scalar_ = _rebinding(add_scalar_, add_scalar)
+scale_add_ = _rebinding(scale_add_, lambda xs, s, ys: add(ys, xs, s))
 soft_threshold_ = _rebinding(soft_threshold_, lambda xs, t: list(torch._foreach_sub(
     list(xs), clamp(xs, -t, t))))
 lerp_ = _rebinding(lerp_, lambda xs, ys, w: add(xs, list(torch._foreach_sub(list(ys), list(xs))),

@@ -19,7 +19,9 @@ exponential moving average with factor :math:`s` (``smoothing``, the weight of t
 
 **Stopping.** The run stops early, and ``diverged_at`` records the learning rate of that step,
 when the loss is not finite, when the optimizer raises :class:`FloatingPointError` (which
-includes :class:`optimlab.NonFiniteGradientError`), or when :math:`\bar\ell_i >
+includes :class:`optimlab.NonFiniteGradientError`, raised by optimlab's optimizers built with
+``nonfinite="raise"``; by default they, like torch.optim's, step an inf/NaN gradient into the
+parameters and the next loss is not finite), or when :math:`\bar\ell_i >
 \text{diverge\_factor} \cdot \min_{j \le i} \bar\ell_j` (checked only while that minimum is
 positive: the test assumes a non-negative loss, as cross-entropy and squared errors are).
 

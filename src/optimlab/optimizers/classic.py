@@ -93,7 +93,7 @@ class SGD(_Named):
                  dampening: float = 0, weight_decay: float | Tensor = 0, nesterov: bool = False,
                  *, maximize: bool = False, foreach: bool | None = None,
                  differentiable: bool = False, fused: bool | None = None,
-                 nonfinite: str = "raise", master_weights: bool = False,
+                 nonfinite: str = "ignore", master_weights: bool = False,
                  stochastic_rounding: bool = False,
                  state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
@@ -121,7 +121,7 @@ class Adagrad(_Named):
                  weight_decay: float = 0, initial_accumulator_value: float = 0,
                  eps: float = 1e-10, foreach: bool | None = None, *, maximize: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
-                 nonfinite: str = "raise", master_weights: bool = False,
+                 nonfinite: str = "ignore", master_weights: bool = False,
                  stochastic_rounding: bool = False,
                  state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
@@ -149,7 +149,7 @@ class RMSprop(_Named):
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
                  centered: bool = False, capturable: bool = False, foreach: bool | None = None,
                  maximize: bool = False, differentiable: bool = False, *,
-                 fused: bool | None = None, nonfinite: str = "raise", master_weights: bool = False,
+                 fused: bool | None = None, nonfinite: str = "ignore", master_weights: bool = False,
                  stochastic_rounding: bool = False,
                  state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
@@ -191,7 +191,7 @@ class Adam(_DecayChoice):
                  weight_decay: float = 0, amsgrad: bool = False, *,
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
-                 decoupled_weight_decay: bool = False, nonfinite: str = "raise",
+                 decoupled_weight_decay: bool = False, nonfinite: str = "ignore",
                  master_weights: bool = False, stochastic_rounding: bool = False,
                  state_dtype: torch.dtype | None = None) -> None:
         if foreach:  # torch.optim.Adam's refusal (its foreach kernels take numbers only)
@@ -221,7 +221,7 @@ class AdamW(Adam):
                  weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
-                 nonfinite: str = "raise", master_weights: bool = False,
+                 nonfinite: str = "ignore", master_weights: bool = False,
                  stochastic_rounding: bool = False,
                  state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
@@ -257,7 +257,7 @@ class NAdam(_DecayChoice):
                  decoupled_weight_decay: bool = False, *, foreach: bool | None = None,
                  maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
-                 nonfinite: str = "raise", master_weights: bool = False,
+                 nonfinite: str = "ignore", master_weights: bool = False,
                  stochastic_rounding: bool = False,
                  state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
@@ -284,7 +284,7 @@ class RAdam(_DecayChoice):
                  weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
-                 nonfinite: str = "raise", master_weights: bool = False,
+                 nonfinite: str = "ignore", master_weights: bool = False,
                  stochastic_rounding: bool = False,
                  state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
@@ -309,7 +309,7 @@ class Adadelta(_Named):
     def __init__(self, params: Params, lr: float | Tensor = 1.0, rho: float = 0.9,
                  eps: float = 1e-6, weight_decay: float = 0, foreach: bool | None = None, *,
                  capturable: bool = False, maximize: bool = False, differentiable: bool = False,
-                 fused: bool | None = None, nonfinite: str = "raise", master_weights: bool = False,
+                 fused: bool | None = None, nonfinite: str = "ignore", master_weights: bool = False,
                  stochastic_rounding: bool = False,
                  state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
@@ -334,7 +334,7 @@ class Adamax(_Named):
                  betas: tuple[float, float] = _BETAS, eps: float = 1e-8,
                  weight_decay: float = 0, foreach: bool | None = None, *,
                  maximize: bool = False, differentiable: bool = False, capturable: bool = False,
-                 fused: bool | None = None, nonfinite: str = "raise", master_weights: bool = False,
+                 fused: bool | None = None, nonfinite: str = "ignore", master_weights: bool = False,
                  stochastic_rounding: bool = False,
                  state_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,

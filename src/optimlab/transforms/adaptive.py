@@ -293,8 +293,7 @@ class ScaleByAdamax(_Moments):
         m = self._update_first(u, b, sc)
         w = b.state[self.sk("exp_inf")]
         ops.mul_(w, sc["b2"])
-        norm = ops.clone(u)
-        ops.abs_(norm)
+        norm = ops.abs(u)
         ops.add_scalar_(norm, sc["eps"])
         ops.maximum_(w, norm)
         return Deferred([(m, sc["inv_bc1"])], w)

@@ -56,6 +56,7 @@ class Trace(Transform):
             "on": mu != 0,
             "mu": mu,
             "keep": 1.0 - float(self.hp(group, "dampening")),
+            "damped": float(self.hp(group, "dampening")) != 0,
             "nesterov": bool(self.hp(group, "nesterov")),
             "fresh": self.sk("momentum_buffer") in b.new_keys,
         }
@@ -72,9 +73,11 @@ class Trace(Transform):
         buf = b.state[self.sk("momentum_buffer")]
         if sc["fresh"]:
             ops.copy_(buf, u)
-        else:
+        elif sc["damped"]:
             ops.mul_(buf, sc["mu"])
             ops.add_(buf, u, sc["keep"])
+        else:  # one pass over the buffer on the CPU (see ops.scale_add_)
+            ops.scale_add_(buf, sc["mu"], u)
         if sc["nesterov"]:
             return ops.add(u, buf, sc["mu"])
         return buf
