@@ -31,6 +31,7 @@ __all__ = [
     "LBFGS",
     "NONFINITE_POLICIES",
     "OPTIMIZERS",
+    "SAM",
     "SGD",
     "SWA",
     "SWALR",
@@ -58,13 +59,17 @@ __all__ = [
     "WeightAverage",
     "averaging",
     "chain",
+    "frozen_running_stats",
     "krylov",
+    "landscape",
     "linesearch",
     "lookahead",
     "lr_finder",
     "lr_range_test",
     "precision",
+    "sam",
     "schedules",
+    "sharpness",
     "stochastic_round",
     "stochastic_round_",
     "telemetry",
@@ -79,8 +84,8 @@ __all__ = [
 # ``__init__`` would.
 
 #: The names of __all__ that are submodules (the others are defined in submodules).
-_SUBMODULES = ("averaging", "krylov", "linesearch", "lookahead", "lr_finder", "precision",
-               "schedules", "telemetry", "transforms")
+_SUBMODULES = ("averaging", "krylov", "landscape", "linesearch", "lookahead", "lr_finder",
+               "precision", "sam", "schedules", "sharpness", "telemetry", "transforms")
 
 
 def __getattr__(name: str) -> Any:

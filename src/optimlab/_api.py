@@ -9,11 +9,14 @@ with it the ``optimlab`` command's --help and --version) does not import torch.
 from . import (
     averaging,
     krylov,
+    landscape,
     linesearch,
     lookahead,
     lr_finder,
     precision,
+    sam,
     schedules,
+    sharpness,
     telemetry,
     transforms,
 )
@@ -40,6 +43,7 @@ from .optimizers import (
     RMSprop,
 )
 from .precision import stochastic_round, stochastic_round_
+from .sam import SAM, frozen_running_stats
 from .schedules import ReduceOnPlateau, ScheduledHyperparameter, ScheduledLR
 from .telemetry import Telemetry, vanishing_exploding
 
