@@ -55,18 +55,15 @@ def test_newton_charges_n_products_per_iteration_on_logistic_regression() -> Non
     assert rec.scalars["hvp_evals"] == n * rec.steps_done
 
 
-def test_the_remembered_evaluation_changes_nothing_but_the_work() -> None:
-    """L-BFGS on a full batch: the lab's run (which reuses the line search's last evaluation at
-    the start of the next step) has the same iterates as the optimizer driven by a plain
-    closure, bit for bit (the same forward and backward of the same data give the same
-    numbers), with fewer gradient evaluations."""
-    steps = 25
-    rec = _run("logreg-breast-cancer", "lbfgs", steps=steps, eval_every=steps)
-    task = make_task("logreg-breast-cancer")
+def _plain_lbfgs(task_name: str, steps: int, options: dict | None = None,
+                 before_step=None) -> tuple[object, ol.LBFGS]:
+    """The lab's lbfgs configuration driven by a plain closure on the full batch (no memo),
+    seed 0 as the lab's run; ``before_step(task, closure)`` runs before each step."""
+    task = make_task(task_name, **(options or {}))
     torch.manual_seed(0)
     task.setup(0, torch.device("cpu"))
-    params = task.parameters()
-    opt = ol.LBFGS(params, lr=1.0, max_iter=1, history_size=10, line_search_fn="strong_wolfe")
+    opt = ol.LBFGS(task.parameters(), lr=1.0, max_iter=1, history_size=10,
+                   line_search_fn="strong_wolfe")
     batch = next(task.batches(None, torch.Generator().manual_seed(0)))
 
     def closure() -> torch.Tensor:
@@ -76,7 +73,20 @@ def test_the_remembered_evaluation_changes_nothing_but_the_work() -> None:
         return loss
 
     for _ in range(steps):
+        if before_step is not None:
+            before_step(task, closure)
         opt.step(closure)
+    return task, opt
+
+
+def test_the_remembered_evaluation_changes_nothing_but_the_work() -> None:
+    """L-BFGS on a full batch: the lab's run (which reuses the line search's last evaluation at
+    the start of the next step) has the same iterates as the optimizer driven by a plain
+    closure, bit for bit (the same forward and backward of the same data give the same
+    numbers), with fewer gradient evaluations."""
+    steps = 25
+    rec = _run("logreg-breast-cancer", "lbfgs", steps=steps, eval_every=steps)
+    task, opt = _plain_lbfgs("logreg-breast-cancer", steps)
     assert task.evaluate()["train_loss"] == rec.final["train_loss"]
     plain = opt.evaluations.function
     assert rec.grad_evals < plain  # every step's first evaluation was remembered
@@ -166,21 +176,7 @@ def test_the_memo_is_off_where_an_evaluation_changes_the_model() -> None:
     steps = 6
     rec = _run("mlp-digits", "lbfgs", steps=steps, eval_every=steps,
                task_options={"batchnorm": True})
-    task = make_task("mlp-digits", batchnorm=True)
-    torch.manual_seed(0)
-    task.setup(0, torch.device("cpu"))
-    opt = ol.LBFGS(task.parameters(), lr=1.0, max_iter=1, history_size=10,
-                   line_search_fn="strong_wolfe")
-    batch = next(task.batches(None, torch.Generator().manual_seed(0)))
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = task.loss(batch)
-        loss.backward()
-        return loss
-
-    for _ in range(steps):
-        opt.step(closure)
+    task, opt = _plain_lbfgs("mlp-digits", steps, {"batchnorm": True})
     assert task.evaluate()["test_loss"] == rec.final["test_loss"]
     assert rec.grad_evals == opt.evaluations.function
 
@@ -192,24 +188,13 @@ def test_the_gradient_norm_series_is_at_each_steps_starting_point() -> None:
     norm's reduction order, 1e-6 relative (31 terms, float32)."""
     steps = 6
     rec = _run("logreg-breast-cancer", "lbfgs", steps=steps, eval_every=1)
-    task = make_task("logreg-breast-cancer")
-    torch.manual_seed(0)
-    task.setup(0, torch.device("cpu"))
-    params = task.parameters()
-    opt = ol.LBFGS(params, lr=1.0, max_iter=1, history_size=10, line_search_fn="strong_wolfe")
-    batch = next(task.batches(None, torch.Generator().manual_seed(0)))
     norms = []
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = task.loss(batch)
-        loss.backward()
-        return loss
-
-    for _ in range(steps):
+    def record_norm(task, closure) -> None:  # the gradient at the step's starting point
         closure()
-        norms.append(float(torch.cat([p.grad.reshape(-1) for p in params]).norm()))
-        opt.step(closure)
+        norms.append(float(torch.cat([p.grad.reshape(-1) for p in task.parameters()]).norm()))
+
+    _plain_lbfgs("logreg-breast-cancer", steps, before_step=record_norm)
     recorded = rec.series["grad_norm"]["value"]
     assert len(recorded) == steps
     for got, want in zip(recorded, norms):
