@@ -157,18 +157,32 @@ def scale_add_(xs: Sequence[Tensor], s: Scalar, ys: Sequence[Tensor]) -> None:
     ``add`` with ``alpha`` written into ``x`` (``torch.add(y, x, alpha=s, out=x)``), with its
     rounding: ``y + s * x`` rounded once where the CPU kernels have a fused multiply-add (the
     vector and the scalar loops alike, so the result does not depend on how a tensor is cut
-    into tiles), the product rounded first where they have none. Elsewhere (a 0-dim tensor
-    ``s`` on the compiled path, other devices, DTensors) it is ``x <- s * x`` then
-    ``x <- x + y``: one foreach launch each, the product rounded first. The two forms differ
-    by that rounding of ``s * x`` (at most half an ulp of it) carried through the final one.
+    into tiles), the product rounded first where they have none. CPU DTensors sharded alike
+    take the same pass on their local shards, so a sharded step rounds as the unsharded one.
+    Elsewhere (a 0-dim tensor ``s`` on the compiled path, other devices) it is ``x <- s * x``
+    then ``x <- x + y``: one foreach launch each, the product rounded first. The two forms
+    differ by that rounding of ``s * x`` (at most half an ulp of it) carried through the final
+    one.
     """
     xs, ys = list(xs), list(ys)
-    if xs and not _is_tensor(s) and xs[0].device.type == "cpu" and not is_dtensor(xs[0]):
+    if xs and not _is_tensor(s) and xs[0].device.type == "cpu" and all(
+            _same_layout(x, y) for x, y in zip(xs, ys)):
         for x, y in zip(xs, ys):
+            if is_dtensor(x):  # the local shards (views of the DTensors' storage)
+                x, y = x.to_local(), y.to_local()
             torch.add(y, x, alpha=s, out=x)
     else:
         torch._foreach_mul_(xs, s)
         torch._foreach_add_(xs, ys)
+
+
+def _same_layout(x: Tensor, y: Tensor) -> bool:
+    """Both plain tensors, or both DTensors on one mesh with the same placements (so that
+    their local shards line up element for element)."""
+    if not is_dtensor(x) and not is_dtensor(y):
+        return True
+    return (is_dtensor(x) and is_dtensor(y) and x.device_mesh == y.device_mesh
+            and x.placements == y.placements)
 
 
 def _expanded(xs: Sequence[Tensor], s: Tensor) -> TensorList:
