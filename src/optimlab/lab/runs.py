@@ -251,6 +251,11 @@ def examples_per_step(batch_size: int | str, n_train: int) -> int:
     return n_train if batch_size == "full" else min(int(batch_size), n_train)
 
 
+def full_batch(batch_size: int | str, n_train: int) -> bool:
+    """Whether every step sees the whole training set (``"full"`` or a batch >= ``n_train``)."""
+    return examples_per_step(batch_size, n_train) >= n_train
+
+
 def budget_steps(config: RunConfig, n_train: int) -> int:
     """The step budget of ``config`` on a training set of ``n_train`` examples:
     ``ceil(examples / e)`` or ``ceil(epochs * n_train / e)`` with ``e`` =
@@ -503,7 +508,7 @@ class _Run:
         self.counts = Evaluations()  # by kind, for optimizers that report their evaluations
         self.loss_only = loss_only(optimizer)
         self.reports_evaluations = counts_evaluations(optimizer)
-        full = config.batch_size == "full" or int(config.batch_size) >= int(task.n_train)
+        full = full_batch(config.batch_size, int(task.n_train))
         self.memo = (Memo(self.params) if self.reports_evaluations and not self.loss_only and full
                      and replayable(getattr(task, "model", None)) else None)
         self.n_examples = 0
@@ -784,7 +789,7 @@ class _Run:
             with contextlib.suppress(Exception):
                 telemetry_summary = plain(telemetry.summary())
         n_train = int(task.n_train)
-        full = config.batch_size == "full" or int(config.batch_size) >= n_train
+        full = full_batch(config.batch_size, n_train)
         scalars = {"closure_evals": float(self.closure_evals), **scalars}
         if self.reports_evaluations:
             scalars.update(function_evals=float(self.counts.function),
