@@ -1,4 +1,4 @@
-"""The momentum buffer's one-pass update (``optimlab._ops.scale_add_``) against its two-pass
+"""The momentum buffer's one-pass update (``optimlab.ops.scale_add_``) against its two-pass
 form, and the SGD step that uses it against torch.optim.
 
 On the CPU ``v <- mu * v + u`` is one call of torch's ``add`` with ``alpha`` (one read of ``v``
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 import optimlab as ol
-from optimlab import _ops as ops
+from optimlab import ops
 
 momentum_module = importlib.import_module("optimlab.transforms.momentum")
 

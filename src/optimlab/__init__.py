@@ -46,6 +46,7 @@ __all__ = [
     "LRFinderResult",
     "Lookahead",
     "NAdam",
+    "NamedOptimizer",
     "Newton",
     "NewtonCG",
     "NonFiniteGradientError",
@@ -66,6 +67,7 @@ __all__ = [
     "lookahead",
     "lr_finder",
     "lr_range_test",
+    "ops",
     "precision",
     "sam",
     "schedules",
@@ -85,7 +87,7 @@ __all__ = [
 
 #: The names of __all__ that are submodules (the others are defined in submodules).
 _SUBMODULES = ("averaging", "krylov", "landscape", "linesearch", "lookahead", "lr_finder",
-               "precision", "sam", "schedules", "sharpness", "telemetry", "transforms")
+               "ops", "precision", "sam", "schedules", "sharpness", "telemetry", "transforms")
 
 
 def __getattr__(name: str) -> Any:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._ops import is_dtensor, local_shard
+from .ops import is_dtensor, local_shard
 from .transforms.base import Bucket, Transform
 
 Layout = list[tuple[Tensor, list[dict[str, Any]], list[dict[str, int]]]]

@@ -25,7 +25,7 @@ from dataclasses import replace
 
 from torch import Tensor
 
-from ._ops import is_dtensor
+from .ops import is_dtensor
 from .transforms.base import Bucket, Transform
 
 __all__ = ["TILE_ELEMENTS", "tileable", "tiles"]

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._ops import is_dtensor
+from .ops import is_dtensor
 from .transforms.base import Bucket, Transform
 
 __all__ = [

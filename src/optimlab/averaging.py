@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from ._ops import copy_, is_dtensor
+from .ops import copy_, is_dtensor
 from .transforms.base import check_range
 
 __all__ = ["EMA", "SWA", "SWALR", "WeightAverage", "update_bn"]

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _ops as ops
+from . import ops
 from ._checkpoint import MARKER, check_state_dict, saved_by
 from ._compiled import CompiledStep
 from ._state import MutationCounter, TrackedState
@@ -162,7 +162,7 @@ class ChainOptimizer(Optimizer):
     algorithm: ClassVar[str] = "chain"
     #: Whether parameter groups always carry the ``fused`` key (named optimizers whose
     #: torch.optim twin has no such key store it only when ``fused=True``).
-    _fused_group_key: ClassVar[bool] = True
+    fused_group_key: ClassVar[bool] = True
     #: Whether sparse gradients are accepted (named optimizers: as their torch.optim twin).
     supports_sparse_grads: ClassVar[bool] = True
 
@@ -218,7 +218,7 @@ class ChainOptimizer(Optimizer):
                     merged[k] = v
         merged.update(defaults or {})
         merged["foreach"] = foreach
-        if fused or self._fused_group_key:
+        if fused or self.fused_group_key:
             merged["fused"] = fused
         merged["differentiable"] = differentiable
         self.nonfinite = nonfinite
@@ -939,7 +939,7 @@ def run_recorded(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
     """:func:`run_chains` for a step that autograd records (``differentiable=True``).
 
     The rules run on clones of the parameters and states, and the list operations update out
-    of place (:mod:`optimlab._ops` puts new tensors in the lists while autograd records): no
+    of place (:mod:`optimlab.ops` puts new tensors in the lists while autograd records): no
     tensor that autograd saved is ever overwritten. The results are then copied into the
     parameters and states, once each, so they carry the step's graph.
     """

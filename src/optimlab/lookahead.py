@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._ops import copy_, is_dtensor
+from .ops import copy_, is_dtensor
 from .transforms.base import check_range
 
 __all__ = ["Lookahead"]

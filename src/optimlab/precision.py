@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._ops import copy_, is_dtensor, local_shard, shard_like
+from .ops import copy_, is_dtensor, local_shard, shard_like
 
 __all__ = ["hashed_noise16", "stochastic_round", "stochastic_round_", "stochastic_round_hashed"]
 

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from . import _ops as ops
+from . import ops
 
 __all__ = ["Telemetry", "vanishing_exploding"]
 
@@ -400,7 +400,7 @@ def _clip_thresholds(optimizer: Optimizer) -> list[float]:
     for group in optimizer.param_groups:
         for t in transforms_for(group):
             if isinstance(t, ClipByGlobalNorm):
-                out.append(float(t.hp(group, "max_norm")))
+                out.append(float(t.hyperparameter(group, "max_norm")))
     return out
 
 

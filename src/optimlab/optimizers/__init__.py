@@ -2,10 +2,11 @@
 closure-driven second-order and quasi-Newton methods (Newton, NewtonCG, BFGS, LBFGS)."""
 
 from ._closure import Evaluations, NonFiniteLossError
+from .base import NamedOptimizer
 from .classic import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
 from .quasi_newton import BFGS, LBFGS
 from .second_order import Newton, NewtonCG
 
 __all__ = ["BFGS", "LBFGS", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax",
-           "Evaluations", "NAdam", "Newton", "NewtonCG", "NonFiniteLossError", "RAdam",
-           "RMSprop"]
+           "Evaluations", "NAdam", "NamedOptimizer", "Newton", "NewtonCG",
+           "NonFiniteLossError", "RAdam", "RMSprop"]

@@ -9,13 +9,12 @@ None of them writes update math: the rules live in :mod:`optimlab.transforms`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from ..chain import ChainOptimizer
 from ..transforms.adaptive import (
     ScaleByAdadelta,
     ScaleByAdagrad,
@@ -29,53 +28,16 @@ from ..transforms.base import Transform
 from ..transforms.momentum import Trace
 from ..transforms.regularization import AddWeights
 from ..transforms.scaling import ScaleByInverseTimeDecay, ScaleByLearningRate
+from .base import NamedOptimizer, Params
 
 __all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop"]
-
-Params = Iterable[Any]
 
 _WD = AddWeights(weight_decay=0.0)
 _LR = ScaleByLearningRate(lr=1e-3)
 _BETAS = (0.9, 0.999)
 
 
-class _Named(ChainOptimizer):
-    """Shared constructor: torch.optim's flags, and the per-group choice of rules."""
-
-    #: The rules of every group (optimizers whose rules depend on a group flag override
-    #: :meth:`transforms_for`).
-    _chain: ClassVar[tuple[Transform, ...]] = ()
-    #: Group keys as torch.optim's twin has them: ``capturable`` and ``fused`` only where it
-    #: has them (``fused`` is stored anyway when ``fused=True``); sparse gradients likewise.
-    _capturable_group_key: ClassVar[bool] = True
-    _fused_group_key: ClassVar[bool] = True
-    supports_sparse_grads: ClassVar[bool] = False
-
-    def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
-        """The rules applied to ``group``."""
-        return self._chain
-
-    def __init__(self, params: Params, defaults: dict[str, Any], *, foreach: bool | None,
-                 fused: bool | None, capturable: bool, differentiable: bool,
-                 nonfinite: str, master_weights: bool = False,
-                 stochastic_rounding: bool = False,
-                 state_dtype: torch.dtype | None = None) -> None:
-        name = type(self).__name__
-        if capturable:
-            raise ValueError(f"{name}: capturable=True (CUDA-graph capture) is not supported yet;"
-                             " use fused=True for compiled kernels")
-        if fused and foreach:
-            # torch.optim's exception type and words for the same refusal
-            raise RuntimeError("`foreach` and `fused` should not both be True.")
-        if self._capturable_group_key:
-            defaults = {**defaults, "capturable": capturable}
-        super().__init__(params, (), lr=defaults["lr"], maximize=defaults["maximize"],
-                         nonfinite=nonfinite, foreach=foreach, fused=fused, defaults=defaults,
-                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
-                         state_dtype=state_dtype, differentiable=differentiable)
-
-
-class SGD(_Named):
+class SGD(NamedOptimizer):
     """Stochastic gradient descent with momentum, dampening, Nesterov and L2 weight decay.
 
     Batch, mini-batch and single-sample (stochastic) gradient descent are this optimizer fed
@@ -84,10 +46,10 @@ class SGD(_Named):
 
     algorithm = "SGD"
 
-    _capturable_group_key = False
+    capturable_group_key = False
     supports_sparse_grads = True
 
-    _chain = (_WD, Trace(momentum=0.0, dampening=0.0, nesterov=False), _LR)
+    rules = (_WD, Trace(momentum=0.0, dampening=0.0, nesterov=False), _LR)
 
     def __init__(self, params: Params, lr: float | Tensor = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float | Tensor = 0, nesterov: bool = False,
@@ -106,15 +68,15 @@ class SGD(_Named):
                          state_dtype=state_dtype)
 
 
-class Adagrad(_Named):
+class Adagrad(NamedOptimizer):
     """AdaGrad. Rules: ``add_l2 -> scale_by_adagrad -> scale_by_inverse_time_decay -> lr``."""
 
     algorithm = "Adagrad"
 
-    _capturable_group_key = False
+    capturable_group_key = False
     supports_sparse_grads = True
 
-    _chain = (_WD, ScaleByAdagrad(eps=1e-10, initial_accumulator_value=0.0),
+    rules = (_WD, ScaleByAdagrad(eps=1e-10, initial_accumulator_value=0.0),
               ScaleByInverseTimeDecay(lr_decay=0.0), _LR)
 
     def __init__(self, params: Params, lr: float | Tensor = 1e-2, lr_decay: float = 0,
@@ -134,15 +96,15 @@ class Adagrad(_Named):
                          state_dtype=state_dtype)
 
 
-class RMSprop(_Named):
+class RMSprop(NamedOptimizer):
     """RMSprop, plain or centered, with momentum. Rules: ``add_l2 -> scale_by_rms -> trace ->
     lr`` (the trace has no dampening and no Nesterov term, as in torch.optim.RMSprop)."""
 
     algorithm = "RMSprop"
 
-    _fused_group_key = False
+    fused_group_key = False
 
-    _chain = (_WD, ScaleByRms(alpha=0.99, eps=1e-8, centered=False),
+    rules = (_WD, ScaleByRms(alpha=0.99, eps=1e-8, centered=False),
               Trace(momentum=0.0, dampening=0.0, nesterov=False), _LR)
 
     def __init__(self, params: Params, lr: float | Tensor = 1e-2, alpha: float = 0.99,
@@ -166,7 +128,7 @@ def _decay_placement(rule: Transform) -> dict[bool, tuple[Transform, ...]]:
     return {False: (_WD, rule, _LR), True: (rule, _WD, _LR)}
 
 
-class _DecayChoice(_Named):
+class _DecayChoice(NamedOptimizer):
     """Optimizers whose groups choose coupled or decoupled weight decay."""
 
     _chains: ClassVar[dict[bool, tuple[Transform, ...]]] = {}
@@ -247,7 +209,7 @@ class NAdam(_DecayChoice):
 
     algorithm = "NAdam"
 
-    _fused_group_key = False
+    fused_group_key = False
 
     _chains = _decay_placement(ScaleByNAdam(betas=_BETAS, eps=1e-8, momentum_decay=4e-3))
 
@@ -275,7 +237,7 @@ class RAdam(_DecayChoice):
 
     algorithm = "RAdam"
 
-    _fused_group_key = False
+    fused_group_key = False
 
     _chains = _decay_placement(ScaleByRAdam(betas=_BETAS, eps=1e-8))
 
@@ -297,14 +259,14 @@ class RAdam(_DecayChoice):
                          state_dtype=state_dtype)
 
 
-class Adadelta(_Named):
+class Adadelta(NamedOptimizer):
     """Adadelta (Zeiler, 2012). Rules: ``add_l2 -> scale_by_adadelta -> lr`` (lr=1.0)."""
 
     algorithm = "Adadelta"
 
-    _fused_group_key = False
+    fused_group_key = False
 
-    _chain = (_WD, ScaleByAdadelta(rho=0.9, eps=1e-6), _LR)
+    rules = (_WD, ScaleByAdadelta(rho=0.9, eps=1e-6), _LR)
 
     def __init__(self, params: Params, lr: float | Tensor = 1.0, rho: float = 0.9,
                  eps: float = 1e-6, weight_decay: float = 0, foreach: bool | None = None, *,
@@ -321,14 +283,14 @@ class Adadelta(_Named):
                          state_dtype=state_dtype)
 
 
-class Adamax(_Named):
+class Adamax(NamedOptimizer):
     """Adamax (Kingma & Ba, 2015). Rules: ``add_l2 -> scale_by_adamax -> lr``."""
 
     algorithm = "Adamax"
 
-    _fused_group_key = False
+    fused_group_key = False
 
-    _chain = (_WD, ScaleByAdamax(betas=_BETAS, eps=1e-8), _LR)
+    rules = (_WD, ScaleByAdamax(betas=_BETAS, eps=1e-8), _LR)
 
     def __init__(self, params: Params, lr: float | Tensor = 2e-3,
                  betas: tuple[float, float] = _BETAS, eps: float = 1e-8,

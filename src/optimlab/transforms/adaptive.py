@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _ops as ops
+from .. import ops
 from .base import Bucket, Deferred, Transform, check_range, zeros_like
 
 __all__ = [
@@ -36,19 +36,19 @@ __all__ = [
 
 
 def _check_betas(t: Transform, group: Mapping[str, Any]) -> None:
-    betas = t.hp(group, "betas")
+    betas = t.hyperparameter(group, "betas")
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"{t.hk('betas')} must be a pair (beta1, beta2), got {betas!r}")
-    check_range(f"{t.hk('betas')}[0]", betas[0], low=0.0, high=1.0)
-    check_range(f"{t.hk('betas')}[1]", betas[1], low=0.0, high=1.0)
-    key = t.hk("betas")
+        raise ValueError(f"{t.group_key('betas')} must be a pair (beta1, beta2), got {betas!r}")
+    check_range(f"{t.group_key('betas')}[0]", betas[0], low=0.0, high=1.0)
+    check_range(f"{t.group_key('betas')}[1]", betas[1], low=0.0, high=1.0)
+    key = t.group_key("betas")
     raw = group[key] if key in group else t.hyperparams[key]
     if isinstance(raw[0], Tensor) != isinstance(raw[1], Tensor):  # as torch.optim
         raise ValueError(f"{key} must be either both floats or both Tensors, got {raw!r}")
 
 
 def _check_eps(t: Transform, group: Mapping[str, Any]) -> None:
-    check_range(t.hk("eps"), t.hp(group, "eps"), low=0.0, high=None, low_open=True)
+    check_range(t.group_key("eps"), t.hyperparameter(group, "eps"), low=0.0, high=None, low_open=True)
 
 
 def scalar_dtype() -> torch.dtype:
@@ -79,17 +79,18 @@ class ScaleByAdagrad(Transform):
 
     def validate(self, group: Mapping[str, Any]) -> None:
         _check_eps(self, group)
-        check_range(self.hk("initial_accumulator_value"),
-                    self.hp(group, "initial_accumulator_value"), low=0.0, high=None)
+        check_range(self.group_key("initial_accumulator_value"),
+                    self.hyperparameter(group, "initial_accumulator_value"), low=0.0, high=None)
 
     def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
-        v = float(self.hp(group, "initial_accumulator_value"))
+        v = float(self.hyperparameter(group, "initial_accumulator_value"))
         # Complex parameters are stepped as (real, imag) pairs: both halves start at v.
         fill = complex(v, v) if param.is_complex() else v
-        return {self.sk("sum"): torch.full_like(param, fill, memory_format=torch.preserve_format)}
+        return {self.state_key("sum"): torch.full_like(param, fill,
+                                                      memory_format=torch.preserve_format)}
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
-        return {"eps": float(self.hp(group, "eps"))}
+        return {"eps": float(self.hyperparameter(group, "eps"))}
 
     def accepts_sparse(self, sc: Mapping[str, Any]) -> bool:
         return True
@@ -99,7 +100,7 @@ class ScaleByAdagrad(Transform):
 
     def apply_deferred(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]
                        ) -> list[Tensor] | Deferred:
-        acc = b.state[self.sk("sum")]
+        acc = b.state[self.state_key("sum")]
         if b.sparse and u[0].is_sparse:  # one parameter per sparse bucket
             return [_sparse_adagrad(u[0], acc[0], sc["eps"])]
         ops.addcmul_(acc, u, u, 1.0)
@@ -145,31 +146,32 @@ class ScaleByRms(Transform):
     state_keys = ("square_avg", "grad_avg")
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        check_range(self.hk("alpha"), self.hp(group, "alpha"), low=0.0, high=1.0,
+        check_range(self.group_key("alpha"), self.hyperparameter(group, "alpha"), low=0.0, high=1.0,
                     high_open=False)
         _check_eps(self, group)
 
     def needed_state(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         names = self.state_names()
-        return names if self.hp(group, "centered") else names[:1]
+        return names if self.hyperparameter(group, "centered") else names[:1]
 
     def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
         return {k: zeros_like(param) for k in self.needed_state(group)}
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
-        alpha = float(self.hp(group, "alpha"))
+        alpha = float(self.hyperparameter(group, "alpha"))
         return {"alpha": alpha, "one_minus_alpha": 1.0 - alpha,
-                "eps": float(self.hp(group, "eps")), "centered": bool(self.hp(group, "centered"))}
+                "eps": float(self.hyperparameter(group, "eps")),
+                "centered": bool(self.hyperparameter(group, "centered"))}
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         return self.apply_deferred(u, b, sc).materialize()
 
     def apply_deferred(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> Deferred:
-        sq = b.state[self.sk("square_avg")]
+        sq = b.state[self.state_key("square_avg")]
         ops.mul_(sq, sc["alpha"])
         ops.addcmul_(sq, u, u, sc["one_minus_alpha"])
         if sc["centered"]:
-            ga = b.state[self.sk("grad_avg")]
+            ga = b.state[self.state_key("grad_avg")]
             ops.lerp_(ga, u, sc["one_minus_alpha"])
             avg = ops.clone(sq)
             ops.addcmul_(avg, ga, ga, -1.0)
@@ -195,17 +197,17 @@ class _Moments(Transform):
         _check_eps(self, group)
 
     def _betas(self, group: Mapping[str, Any]) -> tuple[float, float]:
-        b1, b2 = self.hp(group, "betas")
+        b1, b2 = self.hyperparameter(group, "betas")
         return float(b1), float(b2)
 
     def _moment_scalars(self, group: Mapping[str, Any]) -> dict[str, Any]:
         b1, b2 = self._betas(group)
         return {"one_minus_b1": 1.0 - b1, "b2": b2, "one_minus_b2": 1.0 - b2,
-                "eps": float(self.hp(group, "eps"))}
+                "eps": float(self.hyperparameter(group, "eps"))}
 
     def _update_first(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         """``m <- b1 * m + (1 - b1) * u``; returns ``m``."""
-        m = b.state[self.sk("exp_avg")]
+        m = b.state[self.state_key("exp_avg")]
         ops.lerp_(m, u, sc["one_minus_b1"])
         return m
 
@@ -213,7 +215,7 @@ class _Moments(Transform):
                         ) -> tuple[list[Tensor], list[Tensor]]:
         """Both moments: also ``v <- b2 * v + (1 - b2) * u^2``; returns ``(m, v)``."""
         m = self._update_first(u, b, sc)
-        v = b.state[self.sk("exp_avg_sq")]
+        v = b.state[self.state_key("exp_avg_sq")]
         ops.mul_(v, sc["b2"])
         ops.addcmul_(v, u, u, sc["one_minus_b2"])
         return m, v
@@ -235,7 +237,7 @@ class ScaleByAdam(_Moments):
 
     def needed_state(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         names = self.state_names()
-        return names if self.hp(group, "amsgrad") else names[:2]
+        return names if self.hyperparameter(group, "amsgrad") else names[:2]
 
     def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
         return {k: zeros_like(param) for k in self.needed_state(group)}
@@ -244,7 +246,7 @@ class ScaleByAdam(_Moments):
         b1, b2 = self._betas(group)
         return {**self._moment_scalars(group), "inv_bc1": 1.0 / (1.0 - b1**b.step),
                 "bc2_sqrt": math.sqrt(1.0 - b2**b.step),
-                "amsgrad": bool(self.hp(group, "amsgrad"))}
+                "amsgrad": bool(self.hyperparameter(group, "amsgrad"))}
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         return self.apply_deferred(u, b, sc).materialize()
@@ -252,7 +254,7 @@ class ScaleByAdam(_Moments):
     def apply_deferred(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> Deferred:
         m, v = self._update_moments(u, b, sc)
         if sc["amsgrad"]:
-            v_max = b.state[self.sk("max_exp_avg_sq")]
+            v_max = b.state[self.state_key("max_exp_avg_sq")]
             ops.maximum_(v_max, v)
             v = v_max
         denom = ops.sqrt(v)
@@ -291,7 +293,7 @@ class ScaleByAdamax(_Moments):
 
     def apply_deferred(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> Deferred:
         m = self._update_first(u, b, sc)
-        w = b.state[self.sk("exp_inf")]
+        w = b.state[self.state_key("exp_inf")]
         ops.mul_(w, sc["b2"])
         norm = ops.abs(u)
         ops.add_scalar_(norm, sc["eps"])
@@ -320,8 +322,8 @@ class ScaleByNAdam(_Moments):
 
     def validate(self, group: Mapping[str, Any]) -> None:
         super().validate(group)
-        check_range(self.hk("momentum_decay"), self.hp(group, "momentum_decay"), low=0.0,
-                    high=None)
+        check_range(self.group_key("momentum_decay"), self.hyperparameter(group, "momentum_decay"),
+                    low=0.0, high=None)
 
     def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
         m, v, mu = self.state_names()
@@ -329,17 +331,17 @@ class ScaleByNAdam(_Moments):
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
         b1, b2 = self._betas(group)
-        psi = float(self.hp(group, "momentum_decay"))
+        psi = float(self.hyperparameter(group, "momentum_decay"))
         t = b.step
         mu = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
         # The product is kept as a tensor in the state (torch.optim's format and rounding).
-        prod = (b.state[self.sk("mu_product")][0] * mu).item()
+        prod = (b.state[self.state_key("mu_product")][0] * mu).item()
         return {**self._moment_scalars(group), "mu": mu, "bc2_sqrt": math.sqrt(1.0 - b2**t),
                 "c_grad": (1.0 - mu) / (1.0 - prod), "c_avg": mu_next / (1.0 - prod * mu_next)}
 
     def host_update(self, b: Bucket, sc: Mapping[str, Any]) -> None:
-        ops.mul_(b.state[self.sk("mu_product")], sc["mu"])
+        ops.mul_(b.state[self.state_key("mu_product")], sc["mu"])
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         return self.apply_deferred(u, b, sc).materialize()
@@ -421,19 +423,20 @@ class ScaleByAdadelta(Transform):
     state_keys = ("square_avg", "acc_delta")
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        check_range(self.hk("rho"), self.hp(group, "rho"), low=0.0, high=1.0, high_open=False)
+        check_range(self.group_key("rho"), self.hyperparameter(group, "rho"), low=0.0, high=1.0,
+                    high_open=False)
         _check_eps(self, group)
 
     def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
         return {k: zeros_like(param) for k in self.state_names()}
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
-        rho = float(self.hp(group, "rho"))
-        return {"rho": rho, "one_minus_rho": 1.0 - rho, "eps": float(self.hp(group, "eps"))}
+        rho = float(self.hyperparameter(group, "rho"))
+        return {"rho": rho, "one_minus_rho": 1.0 - rho, "eps": float(self.hyperparameter(group, "eps"))}
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
-        sq = b.state[self.sk("square_avg")]
-        acc = b.state[self.sk("acc_delta")]
+        sq = b.state[self.state_key("square_avg")]
+        acc = b.state[self.state_key("acc_delta")]
         ops.mul_(sq, sc["rho"])
         ops.addcmul_(sq, u, u, sc["one_minus_rho"])
         std = ops.add_scalar(sq, sc["eps"])

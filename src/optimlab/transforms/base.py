@@ -14,7 +14,7 @@ Every step has two phases, so that the same rule runs eagerly and under ``torch.
     corrections, ...). Floats are passed to ``apply`` as numbers on the eager path and as 0-dim
     tensors on the compiled path; bools and ints are structural (they choose code paths).
 ``apply(u, bucket, sc) -> list[Tensor]``
-    Tensor math only, through :mod:`optimlab._ops`. It must not modify ``u`` in place (``u`` may
+    Tensor math only, through :mod:`optimlab.ops`. It must not modify ``u`` in place (``u`` may
     be the ``.grad`` tensors themselves); it may update its own state tensors in place.
 
 Transforms hold no tensors and no mutable state, so one instance may serve many optimizers.
@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _ops as ops
+from .. import ops
 
 __all__ = ["Bucket", "Deferred", "Transform", "check_range"]
 
@@ -208,11 +208,11 @@ class Transform:
             )
         return new
 
-    def hk(self, name: str) -> str:
+    def group_key(self, name: str) -> str:
         """The group key under which hyperparameter ``name`` is stored."""
         return self._hkeys.get(name, name)
 
-    def sk(self, name: str) -> str:
+    def state_key(self, name: str) -> str:
         """The state key under which state ``name`` is stored."""
         return self._skeys.get(name, name)
 
@@ -224,14 +224,14 @@ class Transform:
         """State keys this rule may create."""
         return tuple(self._skeys[k] for k in type(self).state_keys)
 
-    def hp(self, group: Mapping[str, Any], name: str) -> Any:
+    def hyperparameter(self, group: Mapping[str, Any], name: str) -> Any:
         """Read hyperparameter ``name`` from ``group`` (tensors become Python numbers).
 
         A key the group lacks falls back to this instance's own value (named optimizers use
         rules whose extra knobs torch.optim does not expose, e.g. RMSprop's momentum has no
         ``dampening`` key).
         """
-        key = self.hk(name)
+        key = self.group_key(name)
         v = group[key] if key in group else self.hyperparams[key]
         if isinstance(v, Tensor):
             v = _tensor_number(key, v)
@@ -245,7 +245,7 @@ class Transform:
         (``differentiable=True``) and ``lr`` is a tensor that requires grad, that tensor, so
         that the gradient reaches it (hypergradients). Rules that scale by ``lr`` read it here.
         """
-        key = self.hk("lr")
+        key = self.group_key("lr")
         v = group[key] if key in group else self.hyperparams[key]
         if isinstance(v, Tensor) and v.requires_grad and torch.is_grad_enabled():
             return v.reshape(())

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _ops as ops
+from .. import ops
 from .base import Bucket, Transform, check_range
 
 __all__ = ["ClipByGlobalNorm", "ClipByValue", "clip_by_global_norm", "clip_by_value"]
@@ -27,16 +27,16 @@ class ClipByGlobalNorm(Transform):
     info_key = "grad_norm"
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        check_range(self.hk("max_norm"), self.hp(group, "max_norm"), low=0.0, high=None,
-                    low_open=True)
-        check_range(self.hk("norm_type"), self.hp(group, "norm_type"), low=0.0, high=None,
-                    low_open=True, high_open=False, finite=False)  # inf: the max-norm
+        check_range(self.group_key("max_norm"), self.hyperparameter(group, "max_norm"), low=0.0,
+                    high=None, low_open=True)
+        check_range(self.group_key("norm_type"), self.hyperparameter(group, "norm_type"), low=0.0,
+                    high=None, low_open=True, high_open=False, finite=False)  # inf: the max-norm
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
-        return {"max_norm": float(self.hp(group, "max_norm"))}
+        return {"max_norm": float(self.hyperparameter(group, "max_norm"))}
 
     def global_stat(self, us: list[list[Tensor]], group: Mapping[str, Any]) -> Tensor:
-        q = float(self.hp(group, "norm_type"))
+        q = float(self.hyperparameter(group, "norm_type"))
         norms = [n for u in us if u for n in torch._foreach_norm(u, q)]
         if not norms:
             return torch.zeros(())
@@ -61,11 +61,11 @@ class ClipByValue(Transform):
     elementwise = True
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        check_range(self.hk("clip_value"), self.hp(group, "clip_value"), low=0.0, high=None,
-                    low_open=True)
+        check_range(self.group_key("clip_value"), self.hyperparameter(group, "clip_value"), low=0.0,
+                    high=None, low_open=True)
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
-        return {"c": float(self.hp(group, "clip_value"))}
+        return {"c": float(self.hyperparameter(group, "clip_value"))}
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         c = sc["c"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .. import _ops as ops
+from .. import ops
 from .base import Bucket, Transform, check_range, zeros_like
 
 __all__ = ["Trace", "trace"]
@@ -33,32 +33,33 @@ class Trace(Transform):
     state_keys = ("momentum_buffer",)
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        m = self.hp(group, "momentum")
-        check_range(self.hk("momentum"), m, low=0.0, high=1.0, high_open=False)
-        check_range(self.hk("dampening"), self.hp(group, "dampening"), low=0.0, high=1.0,
-                    high_open=False)
-        if self.hp(group, "nesterov") and (m <= 0 or self.hp(group, "dampening") != 0):
+        m = self.hyperparameter(group, "momentum")
+        check_range(self.group_key("momentum"), m, low=0.0, high=1.0, high_open=False)
+        check_range(self.group_key("dampening"), self.hyperparameter(group, "dampening"), low=0.0,
+                    high=1.0, high_open=False)
+        dampening = self.hyperparameter(group, "dampening")
+        if self.hyperparameter(group, "nesterov") and (m <= 0 or dampening != 0):
             raise ValueError(
-                f"{self.hk('nesterov')}=True requires {self.hk('momentum')} > 0 and "
-                f"{self.hk('dampening')} = 0, got momentum={m}, "
-                f"dampening={self.hp(group, 'dampening')}"
+                f"{self.group_key('nesterov')}=True requires {self.group_key('momentum')} > 0 and "
+                f"{self.group_key('dampening')} = 0, got momentum={m}, "
+                f"dampening={self.hyperparameter(group, 'dampening')}"
             )
 
     def needed_state(self, group: Mapping[str, Any]) -> tuple[str, ...]:
-        return self.state_names() if self.hp(group, "momentum") != 0 else ()
+        return self.state_names() if self.hyperparameter(group, "momentum") != 0 else ()
 
     def init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
-        return {self.sk("momentum_buffer"): zeros_like(param)}
+        return {self.state_key("momentum_buffer"): zeros_like(param)}
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
-        mu = float(self.hp(group, "momentum"))
+        mu = float(self.hyperparameter(group, "momentum"))
         return {
             "on": mu != 0,
             "mu": mu,
-            "keep": 1.0 - float(self.hp(group, "dampening")),
-            "damped": float(self.hp(group, "dampening")) != 0,
-            "nesterov": bool(self.hp(group, "nesterov")),
-            "fresh": self.sk("momentum_buffer") in b.new_keys,
+            "keep": 1.0 - float(self.hyperparameter(group, "dampening")),
+            "damped": float(self.hyperparameter(group, "dampening")) != 0,
+            "nesterov": bool(self.hyperparameter(group, "nesterov")),
+            "fresh": self.state_key("momentum_buffer") in b.new_keys,
         }
 
     def accepts_sparse(self, sc: Mapping[str, Any]) -> bool:
@@ -70,7 +71,7 @@ class Trace(Transform):
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         if not sc["on"]:
             return u
-        buf = b.state[self.sk("momentum_buffer")]
+        buf = b.state[self.state_key("momentum_buffer")]
         if sc["fresh"]:
             ops.copy_(buf, u)
         elif sc["damped"]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .. import _ops as ops
+from .. import ops
 from .base import Bucket, Transform, check_range
 
 __all__ = ["AddWeights", "L1Proximal", "add_decayed_weights", "add_l2", "l1_proximal"]
@@ -29,10 +29,11 @@ class AddWeights(Transform):
     elementwise = True
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        check_range(self.hk("weight_decay"), self.hp(group, "weight_decay"), low=0.0, high=None)
+        check_range(self.group_key("weight_decay"), self.hyperparameter(group, "weight_decay"),
+                    low=0.0, high=None)
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
-        wd = float(self.hp(group, "weight_decay"))
+        wd = float(self.hyperparameter(group, "weight_decay"))
         return {"on": wd != 0, "wd": wd, "decay": 1.0 - self.learning_rate(group) * wd}
 
     def accepts_sparse(self, sc: Mapping[str, Any]) -> bool:
@@ -73,10 +74,10 @@ class L1Proximal(Transform):
     elementwise = True
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        check_range(self.hk("l1"), self.hp(group, "l1"), low=0.0, high=None)
+        check_range(self.group_key("l1"), self.hyperparameter(group, "l1"), low=0.0, high=None)
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
-        t = self.learning_rate(group) * float(self.hp(group, "l1"))
+        t = self.learning_rate(group) * float(self.hyperparameter(group, "l1"))
         return {"on": t != 0, "threshold": t}
 
     def after_step(self, b: Bucket, sc: Mapping[str, Any]) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .. import _ops as ops
+from .. import ops
 from .base import Bucket, Transform, check_range
 
 __all__ = [
@@ -30,7 +30,7 @@ class ScaleByLearningRate(Transform):
     elementwise = True
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        check_range(self.hk("lr"), self.hp(group, "lr"), low=0.0, high=None)
+        check_range(self.group_key("lr"), self.hyperparameter(group, "lr"), low=0.0, high=None)
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
         return {"neg_lr": -self.learning_rate(group)}
@@ -53,10 +53,10 @@ class Scale(Transform):
     elementwise = True
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        check_range(self.hk("factor"), self.hp(group, "factor"))
+        check_range(self.group_key("factor"), self.hyperparameter(group, "factor"))
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
-        return {"factor": float(self.hp(group, "factor"))}
+        return {"factor": float(self.hyperparameter(group, "factor"))}
 
     def accepts_sparse(self, sc: Mapping[str, Any]) -> bool:
         return True
@@ -79,10 +79,11 @@ class ScaleByInverseTimeDecay(Transform):
     elementwise = True
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        check_range(self.hk("lr_decay"), self.hp(group, "lr_decay"), low=0.0, high=None)
+        check_range(self.group_key("lr_decay"), self.hyperparameter(group, "lr_decay"), low=0.0,
+                    high=None)
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
-        decay = float(self.hp(group, "lr_decay"))
+        decay = float(self.hyperparameter(group, "lr_decay"))
         return {"on": decay != 0, "factor": 1.0 / (1.0 + (b.step - 1) * decay)}
 
     def accepts_sparse(self, sc: Mapping[str, Any]) -> bool:

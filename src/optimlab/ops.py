@@ -1,4 +1,8 @@
-"""List-of-tensor primitives shared by every transform.
+"""List-of-tensor primitives shared by every transform: the public vocabulary for writing rules.
+
+This module is part of the stable public API (``optimlab.ops``): a new rule written against it
+runs on the eager path, under ``torch.compile`` (``fused=True``), on DTensor shards and in a
+differentiable step without any code of its own for those cases.
 
 Each function takes lists of tensors and a scalar that is either a Python number (eager path:
 torch's ``_foreach_*`` Scalar overloads, one launch per list) or a 0-dim tensor (compiled path:
@@ -40,23 +44,32 @@ __all__ = [
     "addcdiv_",
     "addcmul_",
     "clamp",
+    "clamp_",
     "clone",
     "copy_",
     "div",
     "div_",
+    "dot",
     "is_dtensor",
     "lerp_",
     "local_shard",
+    "maximum",
     "maximum_",
+    "minimum_",
     "mul",
     "mul_",
     "neg",
+    "norms",
     "rdiv_",
     "scale_add_",
     "shard_like",
+    "sign",
+    "sign_",
     "soft_threshold_",
     "sqrt",
     "sqrt_",
+    "sub",
+    "zeros_like",
 ]
 
 
@@ -280,6 +293,65 @@ def rdiv_(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
     torch._foreach_mul_(list(xs), list(ys))
 
 
+def sign(xs: Sequence[Tensor]) -> TensorList:
+    """Return ``sign(x)`` (-1, 0 or 1 elementwise; NaN stays NaN)."""
+    return list(torch._foreach_sign(list(xs)))
+
+
+def sign_(xs: Sequence[Tensor]) -> None:
+    """``x <- sign(x)`` in place."""
+    torch._foreach_sign_(list(xs))
+
+
+def zeros_like(xs: Sequence[Tensor]) -> TensorList:
+    """Return new zero tensors shaped, typed and laid out like ``xs`` (DTensors stay sharded)."""
+    return [torch.zeros_like(x, memory_format=torch.preserve_format) for x in xs]
+
+
+def sub(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> TensorList:
+    """Return ``x - y``."""
+    return list(torch._foreach_sub(list(xs), list(ys)))
+
+
+def minimum_(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
+    """``x <- min(x, y)`` elementwise, in place."""
+    torch._foreach_minimum_(list(xs), list(ys))
+
+
+def maximum(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> TensorList:
+    """Return ``max(x, y)`` elementwise."""
+    return list(torch._foreach_maximum(list(xs), list(ys)))
+
+
+def clamp_(xs: Sequence[Tensor], lo: Scalar | None, hi: Scalar | None) -> None:
+    """``x <- clamp(x, lo, hi)`` in place (``None``: no bound on that side)."""
+    xs = list(xs)
+    if _is_tensor(lo) or _is_tensor(hi):
+        for x in xs:
+            x.clamp_(lo, hi)
+        return
+    if lo is not None:
+        torch._foreach_clamp_min_(xs, lo)
+    if hi is not None:
+        torch._foreach_clamp_max_(xs, hi)
+
+
+def norms(xs: Sequence[Tensor], ord: float = 2.0) -> TensorList:
+    """Return each tensor's ``ord``-norm as a 0-dim tensor (on the tensor's device: reading
+    it as a number is a device synchronization)."""
+    return list(torch._foreach_norm(list(xs), ord))
+
+
+def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """Return ``sum_i <x_i, y_i>`` over the whole list as one 0-dim tensor (for rules whose
+    statistics span every tensor, such as Prodigy's or hypergradient descent's; all tensors on
+    one device)."""
+    xs, ys = list(xs), list(ys)
+    if not xs:
+        return torch.zeros(())
+    return torch.stack([torch.sum(x * y) for x, y in zip(xs, ys)]).sum()
+
+
 def abs(xs: Sequence[Tensor]) -> TensorList:
     """Return ``|x|``."""
     return list(torch._foreach_abs(list(xs)))
@@ -347,5 +419,8 @@ sqrt_ = _rebinding(sqrt_, sqrt)
 div_ = _rebinding(div_, div)
 rdiv_ = _rebinding(rdiv_, lambda xs, ys: list(torch._foreach_div(list(ys), list(xs))))
 abs_ = _rebinding(abs_, lambda xs: list(torch._foreach_abs(list(xs))))
+sign_ = _rebinding(sign_, sign)
+minimum_ = _rebinding(minimum_, lambda xs, ys: list(torch._foreach_minimum(list(xs), list(ys))))
+clamp_ = _rebinding(clamp_, lambda xs, lo, hi: [torch.clamp(x, lo, hi) for x in xs])
 maximum_ = _rebinding(maximum_, lambda xs, ys: list(torch._foreach_maximum(list(xs), list(ys))))
 
