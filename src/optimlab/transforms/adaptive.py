@@ -48,7 +48,8 @@ def _check_betas(t: Transform, group: Mapping[str, Any]) -> None:
 
 
 def _check_eps(t: Transform, group: Mapping[str, Any]) -> None:
-    check_range(t.group_key("eps"), t.hyperparameter(group, "eps"), low=0.0, high=None, low_open=True)
+    check_range(t.group_key("eps"), t.hyperparameter(group, "eps"), low=0.0, high=None,
+                low_open=True)
 
 
 def scalar_dtype() -> torch.dtype:
@@ -432,7 +433,8 @@ class ScaleByAdadelta(Transform):
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
         rho = float(self.hyperparameter(group, "rho"))
-        return {"rho": rho, "one_minus_rho": 1.0 - rho, "eps": float(self.hyperparameter(group, "eps"))}
+        return {"rho": rho, "one_minus_rho": 1.0 - rho,
+                "eps": float(self.hyperparameter(group, "eps"))}
 
     def apply(self, u: list[Tensor], b: Bucket, sc: Mapping[str, Any]) -> list[Tensor]:
         sq = b.state[self.state_key("square_avg")]
