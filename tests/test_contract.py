@@ -12,10 +12,12 @@ the same gradients and a small rounding difference does not get amplified by a l
 from __future__ import annotations
 
 import copy
+import importlib.util
 import io
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -267,6 +269,23 @@ CASES = [
          [dict(lr=0.01, max_norm=0.1, weight_decay=0.05, l1=0.5, eps=1e-30)],
          global_coupling=True, rtol32=1e-5),
 ]
+
+
+def _more_cases() -> list[Case]:
+    """The cases of the optimizers whose contract cases live beside their own tests: each
+    ``tests/cases_*.py`` defines ``cases(Case) -> list[Case]`` (taking the class, so that it
+    need not import this module)."""
+    out: list[Case] = []
+    for path in sorted(Path(__file__).parent.glob("cases_*.py")):
+        spec = importlib.util.spec_from_file_location(f"_contract_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        out.extend(module.cases(Case))
+    return out
+
+
+CASES += _more_cases()
 NAMED = [c for c in CASES if c.ours in ol.OPTIMIZERS.values()]
 BY_NAME = {c.name: c for c in CASES}
 ids = [c.name for c in CASES]
