@@ -54,6 +54,8 @@ __all__ = [
     "RAdam",
     "RMSprop",
     "ReduceOnPlateau",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
     "ScheduledHyperparameter",
     "ScheduledLR",
     "Telemetry",

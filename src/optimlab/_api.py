@@ -43,6 +43,8 @@ from .optimizers import (
     NonFiniteLossError,
     RAdam,
     RMSprop,
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
 )
 from .precision import stochastic_round, stochastic_round_
 from .sam import SAM, frozen_running_stats
@@ -60,4 +62,6 @@ OPTIMIZERS = {
     "radam": RAdam,
     "adadelta": Adadelta,
     "adamax": Adamax,
+    "schedulefreeadamw": ScheduleFreeAdamW,
+    "schedulefreesgd": ScheduleFreeSGD,
 }

@@ -435,6 +435,12 @@ class ChainOptimizer(Optimizer):
         With ``differentiable=True`` the update is recorded by autograd (gradients flow to the
         parameters' and states' history, and to a tensor ``lr`` that requires grad).
         """
+        return self._step(closure)
+
+    def _step(self, closure: Callable[[], Any] | None) -> Any:
+        """:meth:`step`'s body. torch.optim wraps each class's ``step`` with the step hooks, so a
+        subclass that overrides ``step`` calls this, not ``super().step()`` (which would run
+        the hooks twice)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

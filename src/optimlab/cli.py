@@ -161,7 +161,7 @@ def _list(what: str = "all") -> str:
     if what in ("all", "optimizers"):
         lines.append("Optimizers (the lab's names; classes are drop-in torch.optim optimizers):")
         for name, opt in LAB_OPTIMIZERS.items():
-            lines.append(f"  {name:<10} optimlab.{opt.cls.__name__:<9} {opt.description}")
+            lines.append(f"  {name:<19} optimlab.{opt.cls.__name__:<17} {opt.description}")
         lines.append("  (any torch.optim.Optimizer class as 'package.module:Class', with "
                      "--allow-import package)")
         lines.append("")

@@ -96,6 +96,14 @@ LAB_OPTIMIZERS: dict[str, LabOptimizer] = {
     "radam": _lab("radam", "radam", "RAdam (rectified Adam), lr=1e-3", lr=1e-3),
     "adamax": _lab("adamax", "adamax", "Adamax (infinity-norm Adam), lr=2e-3", lr=2e-3),
     "adadelta": _lab("adadelta", "adadelta", "Adadelta, rho=0.9, lr=1.0", lr=1.0),
+    # Modern optimizers (issue 17): schedule-free, sign-based, factored, orthogonalized,
+    # hypergradient and learning-rate-free methods.
+    "schedule-free-adamw": _lab("schedule-free-adamw", "schedulefreeadamw",
+                                "Schedule-Free AdamW (evaluated at the averaged weights), "
+                                "lr=1e-2", lr=1e-2),
+    "schedule-free-sgd": _lab("schedule-free-sgd", "schedulefreesgd",
+                              "Schedule-Free SGD, momentum 0.9 (evaluated at the averaged "
+                              "weights), lr=0.5", lr=0.5),
     # Second-order and quasi-Newton methods: closure-driven, one iteration per lab step
     # (max_iter=1), so that "steps" are their iterations; the runner charges their true work
     # (optimlab.lab.work). Newton and BFGS hold n x n matrices and refuse large models.

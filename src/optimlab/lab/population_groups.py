@@ -76,6 +76,10 @@ def batchable(config: RunConfig) -> str | None:
                                 config.hyperparams)
     except (TypeError, ValueError) as e:
         return f"the optimizer cannot be built: {e}"
+    if callable(getattr(probe, "eval", None)):
+        return (f"optimizer {config.optimizer!r} swaps the parameters for evaluation "
+                "(eval()/train(), as Schedule-Free does): the members' evaluations would "
+                "swap the whole population's")
     if getattr(probe, "nonfinite", None) == "skip":
         return ("the optimizer skips steps with a non-finite gradient (nonfinite='skip'): "
                 "one member's skipped step cannot be left out of the population's step")

@@ -177,6 +177,26 @@ def _peak_memory(device: torch.device) -> tuple[int | None, str]:
     return int(rss * scale), "process peak RSS (high-water mark of the worker process)"
 
 
+@contextlib.contextmanager
+def evaluation_weights(optimizer: torch.optim.Optimizer) -> Any:
+    """The parameters an evaluation should see, for the duration of the ``with`` block.
+
+    Optimizers whose training iterate is not the point to evaluate (Schedule-Free: the
+    gradient is taken at ``y``, the averaged ``x`` is the model) expose ``eval()`` and
+    ``train()`` that swap the parameters; they are called around the block. Other optimizers
+    (torch.optim's have neither method) change nothing.
+    """
+    switch = callable(getattr(optimizer, "eval", None)) and callable(
+        getattr(optimizer, "train", None))
+    if switch:
+        optimizer.eval()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if switch:
+            optimizer.train()  # type: ignore[attr-defined]
+
+
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of the tensors in ``optimizer.state`` (any torch optimizer)."""
     total = 0
@@ -555,7 +575,8 @@ class _Run:
             self.closure_evals += ev.function + HVP_COST * ev.hvp
 
     def evaluate(self, at: int) -> dict[str, float]:
-        metrics = {k: float(v) for k, v in self.task.evaluate().items()}
+        with evaluation_weights(self.optimizer):
+            metrics = {k: float(v) for k, v in self.task.evaluate().items()}
         ev = self.evals
         ev["step"].append(at)
         ev["time"].append(self.train_time)
@@ -741,7 +762,8 @@ class _Run:
         if self.config.sharpness and self.status == "ok":
             from .curvature import measure_sharpness
 
-            self.scalars.update(measure_sharpness(self.task, self.config.seed))
+            with evaluation_weights(self.optimizer):
+                self.scalars.update(measure_sharpness(self.task, self.config.seed))
         return self._record(self.status, self.error, self.curve, self.lr_curve, self.series,
                             self.trajectory, self.step, self.step_times, self.scalars,
                             self.telemetry, self.wall0)

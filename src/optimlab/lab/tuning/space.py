@@ -103,6 +103,8 @@ SEARCH_SPACES: dict[str, dict[str, Param]] = {
     "adamax": _space(_lr(1e-5, 1e-1), *_BETAS, _EPS),
     "adadelta": _space(_lr(1e-2, 10.0), Param("rho", 1e-2, 0.5, transform="one_minus"),
                        Param("eps", 1e-8, 1e-4)),
+    "schedule-free-adamw": _space(_lr(1e-4, 1e-1), *_BETAS, _EPS),
+    "schedule-free-sgd": _space(_lr(1e-3, 10.0), _MOMENTUM),
     # The line-search methods' lr is the first trial step (1 is the Newton step); Newton's
     # damping is the Levenberg-Marquardt term added to the Hessian.
     "newton": _space(_lr(1e-2, 2.0), Param("damping", 1e-8, 1.0)),
