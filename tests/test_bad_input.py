@@ -24,7 +24,8 @@ WITH_EPS = ["adagrad", "rmsprop", "adam", "adamw", "nadam", "radam", "adadelta",
 
 
 def params(n: int = 2) -> list[nn.Parameter]:
-    return [nn.Parameter(torch.randn(3)) for _ in range(n)]
+    # (3, 1) matrices: every named optimizer takes them (Muon: 2-D parameters only)
+    return [nn.Parameter(torch.randn(3, 1)) for _ in range(n)]
 
 
 def ours(name: str) -> type[torch.optim.Optimizer]:
@@ -57,7 +58,9 @@ def test_every_named_optimizer_is_covered() -> None:
     # A new optimizer joins every test below by name; this list makes its arrival a
     # conscious edit (its specific refusals get tests of their own).
     assert set(NAMES) == {"sgd", "adagrad", "rmsprop", "adam", "adamw", "nadam", "radam",
-                          "adadelta", "adamax", "schedulefreeadamw", "schedulefreesgd"}
+                          "adadelta", "adamax", "adafactor", "muon", "lion", "rprop", "asgd",
+                          "sgdhd", "adamhd", "prodigy", "schedulefreeadamw",
+                          "schedulefreesgd"}
 
 
 # ----- learning rate ----------------------------------------------------------------------------
@@ -251,7 +254,7 @@ def test_add_param_group_refuses_bad_values_and_leaves_groups_unchanged(
     assert opt.param_groups[0].keys() == before[0].keys()
     assert opt.param_groups[0]["params"] == before[0]["params"]
     # the optimizer still works, and the refused parameter can be added with good values
-    ps[0].grad = torch.ones(3)
+    ps[0].grad = torch.ones(3, 1)
     opt.step()
     opt.add_param_group({"params": [ps[2]]})
     assert len(opt.param_groups) == 2
@@ -264,7 +267,7 @@ def test_add_param_group_refuses_bad_values_and_leaves_groups_unchanged(
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
 @pytest.mark.parametrize("name", NAMES)
 def test_non_float_parameters(name: str, dtype: torch.dtype) -> None:
-    bad = torch.zeros(3, dtype=dtype)
+    bad = torch.zeros(3, 1, dtype=dtype)
     with pytest.raises((ValueError, TypeError), match=r"(?i)param.*float|float.*param"):
         ours(name)([bad])
     opt = ours(name)(params())

@@ -15,6 +15,7 @@ import copy
 import importlib.util
 import io
 import math
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,9 @@ SHAPES = [(4, 3), (3,), (2, 2, 2)]
 
 # ----- parameters and gradients -----------------------------------------------------------------
 def make_params(dtype: torch.dtype = torch.float32, seed: int = 0,
-                shapes: Iterable[tuple[int, ...]] = SHAPES) -> list[nn.Parameter]:
+                shapes: Iterable[tuple[int, ...]] | None = None) -> list[nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
+    shapes = SHAPES if shapes is None else shapes  # the case's own (see _case_shapes)
     out = []
     for s in shapes:
         if dtype.is_complex:
@@ -130,6 +132,21 @@ def state_tensors(opt: torch.optim.Optimizer) -> list[tuple[Any, str, Tensor]]:
             for k, v in st.items() if isinstance(v, Tensor)]
 
 
+@pytest.fixture(autouse=True)
+def _case_shapes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a case that declares its own parameter shapes on those shapes."""
+    callspec = getattr(request.node, "callspec", None)
+    case = callspec.params.get("case") if callspec is not None else None
+    if isinstance(case, Case) and case.shapes is not None:
+        monkeypatch.setattr(sys.modules[__name__], "SHAPES", case.shapes)
+
+
+def matrices_only(case: Case) -> None:
+    """Skip a test whose parameters are not the case's shapes (vectors, 3-D tensors)."""
+    if case.shapes is not None:
+        pytest.skip(f"{case.name} takes parameters of shapes {case.shapes} only")
+
+
 # ----- the cases ---------------------------------------------------------------------------------
 def chain_adamw(params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False,
@@ -206,6 +223,16 @@ class Case:
     #: step, 60 ulp (7e-6 for |p| < 2) after 30 steps even if every rounding fell the same way,
     #: inside 1e-5 * (1 + |p|); measured 1.2e-6, and float64 agrees to 1e-14 (checked below).
     rtol32: float = 1e-6
+    #: Whether a NaN gradient reaches the parameter under ``nonfinite="ignore"``: not for
+    #: sign-based rules (``sign(nan) = 0`` in torch: Lion and Rprop leave that element, as
+    #: torch.optim.Rprop does).
+    nan_reaches_params: bool = True
+    #: Parameter shapes for the case's runs, where the optimizer takes only some (Muon:
+    #: matrices); ``None``: :data:`SHAPES`. Tests that need other shapes skip such cases.
+    shapes: list[tuple[int, ...]] | None = None
+    #: Whether ``lr=0`` leaves the parameters unchanged: not for Rprop, whose step size is
+    #: clamped up to ``step_sizes[0]`` (as in torch.optim.Rprop).
+    zero_lr_is_identity: bool = True
 
     def make(self, params: Any, **kw: Any) -> torch.optim.Optimizer:
         return self.ours(params, **{**self.kwargs, **kw})
@@ -298,7 +325,8 @@ def option_sets() -> list[Any]:
 
 
 def test_cases_cover_every_named_optimizer() -> None:
-    assert {type(c.make(make_params())).__name__.lower() for c in NAMED} == set(ol.OPTIMIZERS)
+    assert {type(c.make(make_params(shapes=c.shapes))).__name__.lower()
+            for c in NAMED} == set(ol.OPTIMIZERS)
     for name, cls in ol.OPTIMIZERS.items():
         assert issubclass(cls, torch.optim.Optimizer)
         assert issubclass(cls, ol.ChainOptimizer)
@@ -756,7 +784,7 @@ def test_sparse_gradients_raise_clearly(case: Case) -> None:
     """Named optimizers refuse sparse gradients where torch.optim does (tests/test_sparse.py
     covers SGD, Adagrad and chains, which step them)."""
     emb = nn.Embedding(10, 3, sparse=True)
-    dense = nn.Parameter(torch.randn(3))
+    dense = nn.Parameter(torch.randn(3, 2))  # a matrix: every named optimizer takes it
     opt = case.make([dense, emb.weight])
     before = emb.weight.detach().clone()
     (emb(torch.tensor([1, 2, 2])).sum() * dense.sum()).backward()
@@ -782,6 +810,8 @@ def test_maximize_equals_minimizing_the_negated_loss(case: Case, kw: dict[str, A
 # ----- lr = 0, zero gradients ------------------------------------------------------------------
 @pytest.mark.parametrize(("case", "kw"), option_sets())
 def test_zero_learning_rate_leaves_params_bit_identical(case: Case, kw: dict[str, Any]) -> None:
+    if not case.zero_lr_is_identity:
+        kw = {**kw, "step_sizes": (0.0, 1.0)}  # Rprop: no minimum step, so lr=0 is no step
     for maximize in (False, True):
         ps = make_params()
         init = [p.detach().clone() for p in ps]
@@ -897,13 +927,19 @@ def _groups(case: Case, ps: list[Tensor], **kw: Any) -> torch.optim.Optimizer:
 
 
 SHAPES5 = [(3,), (2, 2), (4,), (2, 3), (5,)]
+#: Five matrices in their place, for cases that take matrices only (index 3 is still (2, 3)).
+MATRICES5 = [(3, 2), (2, 2), (4, 3), (2, 3), (5, 2)]
+
+
+def shapes5(case: Case) -> list[tuple[int, ...]]:
+    return SHAPES5 if case.shapes is None else MATRICES5
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("case", CASES, ids=ids)
 def test_nonfinite_raise_names_group_and_index_and_changes_nothing(case: Case,
                                                                      bad: float) -> None:
-    ps = make_params(shapes=SHAPES5)
+    ps = make_params(shapes=shapes5(case))
     opt = _groups(case, ps, nonfinite="raise")  # opt-in (the default checks nothing)
     # first step: nothing may be created
     set_grads(ps, 0)
@@ -930,7 +966,7 @@ def test_nonfinite_raise_names_group_and_index_and_changes_nothing(case: Case,
     assert_same_state(opt.state_dict()["state"], state_before)
 
     # the optimizer is still usable and continues as if the bad steps never happened
-    qs = clone_params(make_params(shapes=SHAPES5))
+    qs = clone_params(make_params(shapes=shapes5(case)))
     ref = _groups(case, qs)
     run(ref, qs, 4)
     run(opt, ps, 1, start=3)
@@ -939,7 +975,7 @@ def test_nonfinite_raise_names_group_and_index_and_changes_nothing(case: Case,
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
 def test_nonfinite_skip_skips_and_counts(case: Case) -> None:
-    ps = make_params(shapes=SHAPES5)
+    ps = make_params(shapes=shapes5(case))
     qs = clone_params(ps)
     opt = _groups(case, ps, nonfinite="skip")
     ref = _groups(case, qs)
@@ -975,10 +1011,11 @@ def test_nonfinite_ignore_behaves_like_torch(case: Case, explicit: bool) -> None
     for params in (ps, qs):
         set_grads(params, 2)
         params[0].grad[1, 1] = math.nan
-        params[2].grad[0, 0, 0] = math.inf
+        params[2].grad.view(-1)[0] = math.inf
     opt.step()
     ref.step()
-    assert not torch.isfinite(ps[0]).all()  # NaN propagated, as in torch
+    if case.nan_reaches_params:
+        assert not torch.isfinite(ps[0]).all()  # NaN propagated, as in torch
     close(ps, qs, equal_nan=True, case=case)
     run(opt, ps, 2, start=3)
     run(ref, qs, 2, start=3)
@@ -989,6 +1026,14 @@ def test_nonfinite_ignore_behaves_like_torch(case: Case, explicit: bool) -> None
 @pytest.mark.parametrize("case", NAMED, ids=named_ids)
 def test_complex_parameters_match_torch(case: Case) -> None:
     ps = make_params(torch.complex64)
+    qs = clone_params(ps)
+    try:
+        ref = case.make_ref(qs)
+        run(ref, qs, 1)
+    except (RuntimeError, ValueError):  # torch refuses complex parameters (Adafactor, Muon)
+        with pytest.raises((RuntimeError, ValueError), match=r"(?i)complex|real"):
+            run(case.make(ps), ps, 1)
+        return
     qs = clone_params(ps)
     opt, ref = case.make(ps), case.make_ref(qs)
     run(opt, ps, 10)
@@ -1023,7 +1068,8 @@ def test_foreach_false_equals_default(case: Case, kw: dict[str, Any]) -> None:
 def test_swa_averaged_model_and_swalr(case: Case) -> None:
     def train(make: Callable[..., torch.optim.Optimizer]) -> tuple[nn.Module, AveragedModel]:
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+        bias = case.shapes is None  # matrices only: no bias vectors
+        model = nn.Sequential(nn.Linear(3, 4, bias=bias), nn.Tanh(), nn.Linear(4, 1, bias=bias))
         opt = make(model.parameters())
         swa = AveragedModel(model)
         sched = SWALR(opt, swa_lr=0.005, anneal_epochs=3, anneal_strategy="linear")
@@ -1071,7 +1117,8 @@ def _amp_step(opt: torch.optim.Optimizer, model: nn.Module, scaler: torch.amp.Gr
 def test_grad_scaler(case: Case, enabled: bool) -> None:
     def build(make: Callable[..., torch.optim.Optimizer]) -> tuple[nn.Module, Any, Any]:
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+        bias = case.shapes is None  # matrices only: no bias vectors
+        model = nn.Sequential(nn.Linear(3, 4, bias=bias), nn.Tanh(), nn.Linear(4, 1, bias=bias))
         return model, make(model.parameters()), torch.amp.GradScaler(
             "cpu", init_scale=2.0**8, enabled=enabled)
 

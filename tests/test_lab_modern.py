@@ -16,11 +16,12 @@ from optimlab.lab.schema import RunConfig
 #: The lab names of the optimizers added with the public rule API.
 MODERN = [n for n, o in LAB_OPTIMIZERS.items()
           if o.cls.__module__.split(".")[-1] not in ("classic", "quasi_newton", "second_order")
-          and n not in ("sam", "asam")]
+          and n not in ("sam", "asam")] + ["adamw-8bit"]
 
 
 def test_the_modern_optimizers_are_in_the_lab() -> None:
-    assert {"schedule-free-adamw", "schedule-free-sgd"} <= set(MODERN)
+    assert {"schedule-free-adamw", "schedule-free-sgd", "lion", "rprop", "asgd", "adafactor",
+            "muon", "sgdhd", "adamhd", "prodigy", "adamw-8bit"} <= set(MODERN)
 
 
 @pytest.mark.parametrize("name", MODERN)
@@ -61,3 +62,27 @@ def test_schedule_free_is_not_batched_into_populations() -> None:
                        batch_size=32, steps=10).resolved()
     reason = batchable(config)
     assert reason is not None and "eval()/train()" in reason
+
+
+def test_adamw_8bit_stores_its_states_in_8_bits() -> None:
+    record = execute(RunConfig(task="mlp-digits", optimizer="adamw-8bit", seed=0,
+                               batch_size=32, steps=20))
+    fp32 = execute(RunConfig(task="mlp-digits", optimizer="adamw", seed=0, batch_size=32,
+                             steps=20))
+    assert record.status == "ok" and record.config.hyperparams["state_dtype"] == "uint8"
+    # mlp-digits' two 64x64 weights (4096 elements each) are quantized, every smaller tensor
+    # keeps fp32 states: fewer bytes than fp32 AdamW's, more than a quarter of them
+    assert fp32.state_bytes / 4 < record.state_bytes < fp32.state_bytes
+
+
+def test_muon_lab_optimizer_splits_matrices_from_the_rest() -> None:
+    from torch import nn
+
+    from optimlab.lab.optimizers import build_optimizer
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 3))
+    opt = build_optimizer("muon", model.parameters())
+    hidden = {id(p) for g in opt.muon.param_groups for p in g["params"]}
+    assert hidden == {id(model[0].weight), id(model[2].weight)}  # the head goes to AdamW
+    assert opt.muon.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"

@@ -27,24 +27,33 @@ from .chain import NONFINITE_POLICIES, ChainOptimizer, NonFiniteGradientError, c
 from .lookahead import Lookahead
 from .lr_finder import LRFinderResult, lr_range_test
 from .optimizers import (
+    ASGD,
     BFGS,
     LBFGS,
     SGD,
+    SGDHD,
     Adadelta,
+    Adafactor,
     Adagrad,
     Adam,
     Adamax,
+    AdamHD,
     AdamW,
     Evaluations,
+    Lion,
+    Muon,
     NAdam,
     NamedOptimizer,
     Newton,
     NewtonCG,
     NonFiniteLossError,
+    Prodigy,
     RAdam,
     RMSprop,
+    Rprop,
     ScheduleFreeAdamW,
     ScheduleFreeSGD,
+    muon_param_groups,
 )
 from .precision import stochastic_round, stochastic_round_
 from .sam import SAM, frozen_running_stats
@@ -62,6 +71,14 @@ OPTIMIZERS = {
     "radam": RAdam,
     "adadelta": Adadelta,
     "adamax": Adamax,
+    "adafactor": Adafactor,
+    "muon": Muon,
+    "lion": Lion,
+    "rprop": Rprop,
+    "asgd": ASGD,
+    "sgdhd": SGDHD,
+    "adamhd": AdamHD,
+    "prodigy": Prodigy,
     "schedulefreeadamw": ScheduleFreeAdamW,
     "schedulefreesgd": ScheduleFreeSGD,
 }

@@ -67,7 +67,11 @@ def check_state_dict(opt: ChainOptimizer, state_dict: Any) -> None:
     if len(groups) != len(saved):
         raise ValueError(f"loaded state dict has a different number of parameter groups "
                          f"({len(saved)}; {name} has {len(groups)})")
-    params: dict[int, tuple[Tensor, str, dict[str, Any]]] = {}
+    params: dict[int | str, tuple[Tensor, str, dict[str, Any]]] = {}
+    # ids are integers (state_dict()) or, all of them, names (torch.distributed.checkpoint's
+    # set_optimizer_state_dict passes fully qualified parameter names, matched by position)
+    named = all(isinstance(pid, str) for sg in saved if isinstance(sg, Mapping)
+                for pid in (sg.get("params") or ()))
     for gi, (group, sg) in enumerate(zip(groups, saved)):
         if not isinstance(sg, Mapping) or not isinstance(sg.get("params"), (list, tuple)):
             raise ValueError(f"param group {gi} of the state dict must be a dict with a "
@@ -79,9 +83,10 @@ def check_state_dict(opt: ChainOptimizer, state_dict: Any) -> None:
                              "here)")
         merged = _merged_group(opt, gi, sg)
         for pi, (pid, p) in enumerate(zip(sg["params"], group["params"])):
-            if isinstance(pid, bool) or not isinstance(pid, int):
+            if isinstance(pid, bool) or not isinstance(pid, str if named else int):
                 raise ValueError(f"param group {gi} of the state dict lists {pid!r} as "
-                                 f"parameter {pi}: parameter ids are integers")
+                                 f"parameter {pi}: parameter ids are integers (or names, "
+                                 "from torch.distributed.checkpoint)")
             if pid in params:
                 raise ValueError(f"parameter id {pid} is listed twice in the state dict's "
                                  "param groups")
@@ -154,9 +159,9 @@ def _check_entry(opt: ChainOptimizer, p: Tensor, where: str, group: dict[str, An
                          f"{name} does not keep (its states: {', '.join(sorted(allowed))}): "
                          f"a state dict of another optimizer? {name} refuses it")
     present = {k for k, v in entry.items() if v is not None}
+    shapes = {k: s for t in rules for k, s in t.state_shapes(group, p).items()}
     if present & declared:
-        needed = [k for t in rules for k in t.needed_state(group)]
-        lacking = [k for k in needed if k not in present]
+        lacking = [k for k in shapes if k not in present]
         if lacking:
             raise ValueError(f"the state of {where} lacks {', '.join(map(repr, lacking))}, "
                              f"which {name} keeps with the group's settings: a state dict of "
@@ -175,7 +180,7 @@ def _check_entry(opt: ChainOptimizer, p: Tensor, where: str, group: dict[str, An
                 raise ValueError(f"state {k!r} of {where} must be a finite floating-point "
                                  f"scalar, got {_describe(v)}")
         else:
-            _check_elementwise(p, k, v, where)
+            _check_elementwise(p, k, v, where, shapes.get(k, p.shape))
 
 
 def _scalar_states(rules: Any, p: Tensor, group: Mapping[str, Any]) -> set[str]:
@@ -191,10 +196,12 @@ def _describe(v: Tensor) -> str:
     return f"{v.dtype} tensor of shape {tuple(v.shape)}"
 
 
-def _check_elementwise(p: Tensor, key: str, v: Tensor, where: str) -> None:
-    if v.shape != p.shape:
-        raise ValueError(f"state {key!r} of {where} has shape {tuple(v.shape)}, the parameter "
-                         f"{tuple(p.shape)}: a state dict of other parameters?")
+def _check_elementwise(p: Tensor, key: str, v: Tensor, where: str, shape: Any) -> None:
+    """``shape``: what the rule declares (:meth:`Transform.state_shapes`), mostly ``p``'s."""
+    if v.shape != shape:
+        what = "" if shape == p.shape else f" (expected {tuple(shape)})"
+        raise ValueError(f"state {key!r} of {where} has shape {tuple(v.shape)}{what}, the "
+                         f"parameter {tuple(p.shape)}: a state dict of other parameters?")
     if not (v.is_floating_point() or v.is_complex()):
         raise ValueError(f"state {key!r} of {where} has dtype {v.dtype}; optimizer states are "
                          "floating point")

@@ -75,18 +75,22 @@ def check_grad(p: Tensor, g: Tensor, gi: int, pi: int) -> None:
                          "and nothing changed")
 
 
-def check_state_tensor(p: Tensor, like: Tensor, key: str, v: Any, gi: int, pi: int) -> None:
+def check_state_tensor(p: Tensor, like: Tensor, key: str, v: Any, gi: int, pi: int,
+                       shape: Any = None) -> None:
     """Refuse a state entry a rule is about to update that does not fit the parameter:
-    per-element states have the parameter's shape (of ``like``: the fp32 master copy under
-    ``master_weights``), scalar states (``step``, NAdam's ``mu_product``) have none."""
+    per-element states have the shape the rule declares (``shape``; by default the
+    parameter's, of ``like``: the fp32 master copy under ``master_weights``), scalar states
+    (``step``, NAdam's ``mu_product``) have none."""
     if not isinstance(v, Tensor):
         raise ValueError(f"optimizer state {key!r} of {where(gi, pi)} is {type(v).__name__}, "
                          "not a tensor; the step was not taken and nothing changed")
-    if v.dim() != 0 and v.shape != like.shape:
+    expected = like.shape if shape is None else shape
+    if v.dim() != 0 and v.shape != expected:
+        what = "" if shape is None or shape == like.shape else f" (expected {tuple(expected)})"
         raise ValueError(f"optimizer state {key!r} of {where(gi, pi)} has shape "
-                         f"{tuple(v.shape)}, the parameter {tuple(p.shape)} (was the parameter "
-                         "replaced after the state was made?); the step was not taken and "
-                         "nothing changed")
+                         f"{tuple(v.shape)}{what}, the parameter {tuple(p.shape)} (was the "
+                         "parameter replaced after the state was made?); the step was not "
+                         "taken and nothing changed")
     if not (v.is_floating_point() or v.is_complex()):
         raise ValueError(f"optimizer state {key!r} of {where(gi, pi)} has dtype {v.dtype} "
                          "(a floating-point state is needed); the step was not taken and "

@@ -35,6 +35,11 @@ each step upcasts them, runs the rules in the parameter's precision and writes t
 stochastic rounding whose noise is a counter-based hash
 (:func:`optimlab.precision.stochastic_round_hashed`), so the eager and compiled paths give the
 same bits and the compiled kernel reads and writes 2 bytes per state element and nothing else.
+``state_dtype=torch.uint8`` stores them in 8 bits instead, block-wise quantized
+(:mod:`optimlab.quantization`: codes of the parameter's shape and one float32 absmax per 256
+elements under ``"<key>.absmax"``, rounded to nearest; states of tensors under 4096 elements
+stay float32), dequantized before the rules run and quantized back after, the same way on both
+paths. (``uint8`` names the storage: the codes are bytes, not integers of the state's value.)
 """
 
 from __future__ import annotations
@@ -66,6 +71,14 @@ from ._transaction import (
     preflight,
 )
 from .precision import stochastic_round_, stochastic_round_hashed
+from .quantization import (
+    MIN_ELEMENTS,
+    dequantize_stored,
+    dequantized_state_dict,
+    quantized_lists,
+    requantize_stored_,
+    stored_form,
+)
 from .transforms.adaptive import scalar_dtype
 from .transforms.base import Bucket, Deferred, Transform, check_range
 from .transforms.scaling import ScaleByLearningRate
@@ -76,7 +89,7 @@ __all__ = ["NONFINITE_POLICIES", "ChainOptimizer", "NonFiniteGradientError", "ch
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 #: The storage dtypes ``state_dtype`` accepts (``None``: states in the parameter's dtype).
-STATE_DTYPES = (None, torch.bfloat16)
+STATE_DTYPES = (None, torch.bfloat16, torch.uint8)
 
 #: What the cached plan checks of each parameter and gradient at every step.
 _LAYOUT = attrgetter("shape", "dtype", "device")
@@ -125,7 +138,10 @@ class ChainOptimizer(Optimizer):
         state_dtype: ``torch.bfloat16`` stores the per-element states of float32/float64
             parameters in bfloat16, written back with stochastic rounding at every step (see the
             module docstring); scalar states (``step``) and the states of bfloat16/float16
-            parameters are unaffected. ``None`` (default): states in the parameter's dtype.
+            parameters are unaffected. ``torch.uint8``: the same states of tensors with at
+            least 4096 elements in 8 bits, block-wise quantized (:mod:`optimlab.quantization`;
+            about 1.02 bytes per element and state). ``None`` (default): states in the
+            parameter's dtype.
         differentiable: record the step in autograd (as torch.optim's ``differentiable``):
             gradients of a later loss flow back through the update to the parameters' and
             the gradients' history, to the states, and to an ``lr`` given as a tensor that
@@ -165,6 +181,9 @@ class ChainOptimizer(Optimizer):
     fused_group_key: ClassVar[bool] = True
     #: Whether sparse gradients are accepted (named optimizers: as their torch.optim twin).
     supports_sparse_grads: ClassVar[bool] = True
+    #: State keys that ``state_dtype`` never stores in low precision (states that are iterates
+    #: of the weights rather than statistics, such as schedule-free's ``z``).
+    full_precision_states: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -191,7 +210,8 @@ class ChainOptimizer(Optimizer):
             raise ValueError("differentiable=True steps the parameters' own dtype: it cannot be "
                              "combined with master_weights, stochastic_rounding or state_dtype")
         if state_dtype not in STATE_DTYPES:
-            raise ValueError(f"state_dtype must be None or torch.bfloat16, got {state_dtype!r}")
+            raise ValueError("state_dtype must be None, torch.bfloat16 or torch.uint8 (8-bit "
+                             f"block-wise), got {state_dtype!r}")
         self.state_dtype = state_dtype
         if not isinstance(master_weights, bool):
             raise ValueError(f"master_weights must be a bool, got {master_weights!r}")
@@ -351,6 +371,7 @@ class ChainOptimizer(Optimizer):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
+        state_dict = dequantized_state_dict(state_dict)  # 8-bit states: stored anew below
         check_state_dict(self, state_dict)
         # torch.optim's loader (id mapping, casting) with the hooks run here instead (the hook
         # dicts are put back as they were: handles keep removing from them). It replaces the
@@ -392,9 +413,9 @@ class ChainOptimizer(Optimizer):
         if self.state_dtype is not None:
             # torch.optim casts floating state to the parameter's dtype; keep it as stored.
             for p, st in per_param:
-                for k, v in st.items():
-                    if self._stored_low(p, v):
-                        st[k] = v.to(self.state_dtype)
+                for k, v in list(st.items()):
+                    if self._stored_low(p, v, k):
+                        st.update(stored_form(k, v, self.state_dtype))
         if not self.master_weights:
             return
         saved = state_dict["state"]
@@ -407,11 +428,14 @@ class ChainOptimizer(Optimizer):
                             and v.shape == p.shape):
                         self.state[p][k] = v.to(device=p.device, copy=True)
 
-    def _stored_low(self, p: Tensor, v: Any) -> bool:
-        """Whether state ``v`` of ``p`` is one that ``state_dtype`` stores in low precision."""
-        return (self.state_dtype is not None and isinstance(v, Tensor)
+    def _stored_low(self, p: Tensor, v: Any, key: str) -> bool:
+        """Whether state ``key`` (``v``) of ``p`` is one that ``state_dtype`` stores in low
+        precision."""
+        return (self.state_dtype is not None and key not in self.full_precision_states
+                and isinstance(v, Tensor)
                 and p.dtype in (torch.float32, torch.float64) and v.is_floating_point()
-                and v.dim() > 0 and v.shape == p.shape)
+                and v.dim() > 0 and v.shape == p.shape
+                and (self.state_dtype != torch.uint8 or v.numel() >= MIN_ELEMENTS))
 
     def state_bytes(self) -> int:
         """Bytes held by the optimizer state tensors (all parameters)."""
@@ -609,10 +633,11 @@ class ChainOptimizer(Optimizer):
             if not ps:
                 continue
             chain_ = self.transforms_for(group)
-            needed = [t.needed_state(group) for t in chain_]
-            keys_all = [k for keys in needed for k in keys]
             new_keys: dict[int, set[str]] = defaultdict(set)
-            steps = []
+            # kinds[i]: parameter i's state keys and how each is stored; parameters alike
+            # share a bucket (rules such as Adafactor keep other keys for a matrix than for a
+            # vector: Transform.state_shapes)
+            steps, kinds = [], []
             for p, g in zip(ps, gs):
                 if (g.shape != p.shape or g.dtype != p.dtype or g.device != p.device
                         or g.layout not in (torch.strided, torch.sparse_coo)):
@@ -629,19 +654,25 @@ class ChainOptimizer(Optimizer):
                         st["master_param"] = p.detach().to(torch.float32, copy=True)
                         undo.created.append((st, "master_param"))
                     like = st["master_param"]  # the rules' states are made fp32 too
-                for t, keys in zip(chain_, needed):
+                shapes: dict[str, Any] = {"step": ()}
+                for t in chain_:
+                    keys = t.state_shapes(group, like)
+                    shapes.update(keys)
                     if keys and any(k not in st for k in keys):
                         for k, v in t.init_state(like, group).items():
                             if k not in st:
-                                st[k] = (v.to(self.state_dtype) if self._stored_low(p, v)
-                                         else v)
-                                undo.created.append((st, k))
+                                made = (stored_form(k, v, self.state_dtype)
+                                        if self._stored_low(p, v, k) else {k: v})
+                                for k2, v2 in made.items():
+                                    st[k2] = v2
+                                    undo.created.append((st, k2))
                                 new_keys[id(p)].add(k)
-                for k in ("step", *keys_all):
-                    v = st[k]
-                    if not isinstance(v, Tensor) or (v.dim() != 0 and v.shape != like.shape):
-                        check_state_tensor(p, like, k, v, *self._locate(p))
+                for k, shape in shapes.items():
+                    v = st.get(k)
+                    if not isinstance(v, Tensor) or (v.dim() != 0 and v.shape != shape):
+                        check_state_tensor(p, like, k, v, *self._locate(p), shape=shape)
                 steps.append(st["step"])
+                kinds.append(tuple((k, st[k].dtype) for k in tuple(shapes)[1:]))
             # CPU step counts are incremented by the chain itself (inside the compiled kernel on
             # the fused path, where 0-dim CPU tensors otherwise cost a dispatch each); the
             # others by the host, once the step's checks passed.
@@ -654,10 +685,11 @@ class ChainOptimizer(Optimizer):
             for i, (p, s) in enumerate(zip(ps, steps)):
                 alone = single or gs[i].is_sparse  # a bucket of its own
                 key = (p.device, p.dtype, int(s.item()) + 1,
-                       frozenset(new_keys.get(id(p), ())), i if alone else None)
+                       frozenset(new_keys.get(id(p), ())), i if alone else None, kinds[i])
                 split[key].append(i)
             for key, idx in split.items():
-                _, dtype, step, fresh, _ = key
+                _, dtype, step, fresh, _, kind = key
+                keys_all = [k for k, _ in kind]
                 params = [ps[i] for i in idx]
                 grads = [gs[i] for i in idx]
                 state = {k: [self.state[p][k] for p in params] for k in keys_all}
@@ -672,6 +704,7 @@ class ChainOptimizer(Optimizer):
                 stored = {k: vs for k, vs in state.items()
                           if vs and vs[0].dtype == torch.bfloat16
                           and dtype in (torch.float32, torch.float64)}
+                stored.update(quantized_lists(state, [self.state[ps[i]] for i in idx]))
                 counts = [steps[i] for i in idx]
                 buckets.append(Bucket(params, grads, state, step, fresh, stored,
                                       _rounding_seed(step), counts if later else [],
@@ -843,7 +876,9 @@ def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
         if b.steps:  # here, the increment is part of the compiled kernel (CPU)
             torch._foreach_add_(b.steps, 1.0)
         for k, vs in b.stored.items():
-            b.state[k] = [v.to(b.params[0].dtype) for v in vs]
+            if vs[0].dtype == torch.bfloat16:
+                b.state[k] = [v.to(b.params[0].dtype) for v in vs]
+        b.state.update(dequantize_stored(b.stored, b.params[0].dtype))  # 8-bit states
     us: list[list[Tensor] | Deferred] = [ops.neg(b.grads) if mx else list(b.grads)
                                          for b, mx in zip(buckets, maximize)]
     depth = max(len(c) for c in chains)
@@ -867,7 +902,9 @@ def run_chains(buckets: list[Bucket], chains: list[tuple[Transform, ...]],
             us[i] = _stage(chains[i], k, buckets[i], us[i], scalars[i][k])
     for i, b in enumerate(buckets):
         _finish(chains[i], b, us[i], scalars[i])
-        for j, k in enumerate(sorted(b.stored)):
+        requantize_stored_(b.stored, b.state)
+        for j, k in enumerate(sorted(k for k, vs in b.stored.items()
+                                     if vs[0].dtype == torch.bfloat16)):
             vs = b.stored[k]
             rounded = [stochastic_round_hashed(v.float(), b.seed, salt=(i * 64 + j) * 65536 + n)
                        for n, v in enumerate(b.state[k])]

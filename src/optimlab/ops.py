@@ -50,15 +50,18 @@ __all__ = [
     "div",
     "div_",
     "dot",
+    "fmax_",
     "is_dtensor",
     "lerp_",
     "local_shard",
     "maximum",
     "maximum_",
+    "mean",
     "minimum_",
     "mul",
     "mul_",
     "neg",
+    "newton_schulz",
     "norms",
     "rdiv_",
     "scale_add_",
@@ -138,9 +141,10 @@ def neg(xs: Sequence[Tensor]) -> TensorList:
     return list(torch._foreach_neg(list(xs)))
 
 
-def mul(xs: Sequence[Tensor], s: Scalar) -> TensorList:
-    """Return ``s * x``."""
-    return list(torch._foreach_mul(list(xs), s))
+def mul(xs: Sequence[Tensor], s: Scalar | Sequence[Tensor]) -> TensorList:
+    """Return ``s * x`` (``s`` a scalar, or a list of tensors that broadcast against ``xs``:
+    a column times a row is their outer product)."""
+    return list(torch._foreach_mul(list(xs), s if not isinstance(s, (list, tuple)) else list(s)))
 
 
 def mul_(xs: Sequence[Tensor], s: Scalar | Sequence[Tensor]) -> None:
@@ -367,6 +371,77 @@ def maximum_(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
     torch._foreach_maximum_(list(xs), list(ys))
 
 
+def fmax_(xs: Sequence[Tensor], s: Scalar) -> None:
+    """``x <- max(x, s)`` in place, where a NaN ``x`` loses (``torch.fmax``: it becomes ``s``),
+    as Python's ``max(s, x)`` of a number and a NaN gives ``s``."""
+    for x in xs:
+        torch.fmax(x, s.to(x.dtype) if _is_tensor(s) else torch.tensor(s, dtype=x.dtype), out=x)
+
+
+def mean(xs: Sequence[Tensor], dim: int) -> TensorList:
+    """Return each tensor's mean over dimension ``dim``, kept as a dimension of size 1 (a
+    matrix's row means for ``dim=-1``, its column means for ``dim=-2``)."""
+    return [x.mean(dim, keepdim=True) for x in xs]
+
+
+def _rounded(t: Tensor) -> Tensor:
+    """``t`` itself; under ``torch.compile`` the same values forced into ``t``'s dtype.
+
+    Inductor computes low-precision values in float32 inside a fused kernel and may skip
+    their rounding to the tensor's dtype where eager rounds: a bfloat16 copy read by a
+    reduction, a bfloat16 norm read by a division, and the products of matrices with a
+    dimension of 1 (which it turns into elementwise code fused with their consumers). A round
+    trip through the integer bits is a value it must store, so the compiled step sees the same
+    numbers as the eager one (checked by ``tests/test_muon.py``)."""
+    if not torch.compiler.is_compiling():
+        return t
+    int_type = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return t.view(int_type).bitwise_or(0).view(t.dtype)
+
+
+def newton_schulz(xs: Sequence[Tensor], coefficients: tuple[float, float, float], steps: int,
+                  eps: Scalar, dtype: torch.dtype = torch.bfloat16) -> TensorList:
+    """Return each 2-D ``x`` approximately orthogonalized by ``steps`` Newton-Schulz iterations
+    (Muon's; Jordan et al., 2024), computed in ``dtype`` and returned in ``x``'s dtype.
+
+    With ``(a, b, c) = coefficients``, ``X`` is ``x`` rounded to ``dtype``, transposed when it
+    has more rows than columns (so that ``X X^T`` is the smaller Gram matrix), then::
+
+        X <- X / max(||X||_F, eps)
+        repeat steps:  A = X X^T;  B = b A + c A A;  X <- a X + B X
+
+    where ``B`` and the new ``X`` are each one ``addmm`` (the sum rounded once to ``dtype``),
+    as in torch.optim.Muon. The quintic pushes every singular value of ``X`` (at most 1 after
+    the normalization) towards 1 and keeps the singular vectors. DTensors are gathered whole,
+    orthogonalized, and handed back sharded as they came (each rank computes the full matrix).
+    """
+    a, b, c = coefficients
+    out = []
+    for x in xs:
+        whole = x.full_tensor() if is_dtensor(x) else x
+        m = whole.to(dtype)
+        tall = m.size(0) > m.size(1)
+        if tall:
+            m = m.T
+        m = _rounded(m)
+        norm = m.norm()
+        norm = norm.clamp(min=eps.to(norm.dtype)) if _is_tensor(eps) else norm.clamp(min=eps)
+        m = _rounded(m / _rounded(norm))
+        for _ in range(steps):
+            gram = _rounded(m @ m.T)
+            poly = _rounded(torch.addmm(gram, gram, gram, beta=b, alpha=c))
+            m = _rounded(torch.addmm(m, poly, m, beta=a))
+        if tall:
+            m = m.T
+        m = m.to(x.dtype).contiguous()
+        if is_dtensor(x):
+            from torch.distributed.tensor import DTensor, Replicate
+            m = DTensor.from_local(m, x.device_mesh, [Replicate()] * x.device_mesh.ndim,
+                                   run_check=False).redistribute(x.device_mesh, x.placements)
+        out.append(m)
+    return out
+
+
 # ----- recorded by autograd (a differentiable step) ----------------------------------------------
 # Autograd saves some operands for the backward pass (``sqrt`` its result, ``mul`` both
 # factors), and an in-place write to a saved tensor makes the backward pass fail. While autograd
@@ -422,5 +497,7 @@ abs_ = _rebinding(abs_, lambda xs: list(torch._foreach_abs(list(xs))))
 sign_ = _rebinding(sign_, sign)
 minimum_ = _rebinding(minimum_, lambda xs, ys: list(torch._foreach_minimum(list(xs), list(ys))))
 clamp_ = _rebinding(clamp_, lambda xs, lo, hi: [torch.clamp(x, lo, hi) for x in xs])
+fmax_ = _rebinding(fmax_, lambda xs, s: [torch.fmax(x, s.to(x.dtype) if _is_tensor(s) else
+                                                  torch.tensor(s, dtype=x.dtype)) for x in xs])
 maximum_ = _rebinding(maximum_, lambda xs, ys: list(torch._foreach_maximum(list(xs), list(ys))))
 

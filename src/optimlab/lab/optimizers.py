@@ -31,8 +31,16 @@ from ..sam import SAM
 from .imports import load_attr
 from .validate import ValidationError
 
-__all__ = ["LAB_OPTIMIZERS", "SAMSGD", "SECOND_ORDER", "LabOptimizer", "UnknownOptimizerError",
-           "build_optimizer", "resolve_hyperparams"]
+__all__ = [
+    "LAB_OPTIMIZERS",
+    "SAMSGD",
+    "SECOND_ORDER",
+    "LabOptimizer",
+    "MuonAdamW",
+    "UnknownOptimizerError",
+    "build_optimizer",
+    "resolve_hyperparams",
+]
 
 
 class UnknownOptimizerError(ValueError):
@@ -73,6 +81,58 @@ class SAMSGD(SAM):
                          nesterov=nesterov, nonfinite=nonfinite)
 
 
+class MuonAdamW(Optimizer):
+    """Muon for the hidden weight matrices and AdamW for the rest, as one optimizer over a
+    parameter list (the lab builds optimizers from ``model.parameters()``, Jordan et al.'s
+    recipe): the 2-D parameters except the last one (the output head, last in registration
+    order) go to :class:`optimlab.Muon` with ``adjust_lr_fn="match_rms_adamw"`` (Liu et al.
+    2025: the update's RMS matched to AdamW's, so one learning rate and one weight decay serve
+    both), the others (biases, norms, the head, embeddings' vectors) to :class:`optimlab.AdamW`.
+    For a model at hand, :func:`optimlab.muon_param_groups` splits by module type instead.
+
+    Param groups are this optimizer's own (schedulers drive them); each step copies ``lr`` to
+    the two inner optimizers. A step refused by one inner optimizer (``nonfinite="raise"``)
+    leaves it unchanged, but the other may have stepped: the lab records such a run as
+    diverged and stops it.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 3e-3, weight_decay: float = 0.01,
+                 momentum: float = 0.95, betas: tuple[float, float] = (0.9, 0.999),
+                 nonfinite: str = "ignore") -> None:
+        from ..optimizers import AdamW, Muon
+
+        params = [p for p in params if p.requires_grad]
+        matrices = [p for p in params if p.dim() == 2]
+        hidden = matrices[:-1]
+        rest = [p for p in params if p.dim() != 2] + matrices[-1:]
+        # (no hidden matrix, as in a linear model: all of it is AdamW's)
+        self.muon = Muon(hidden, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                         adjust_lr_fn="match_rms_adamw", nonfinite=nonfinite) if hidden else None
+        self.adamw = AdamW(rest, lr=lr, betas=betas, weight_decay=weight_decay,
+                           nonfinite=nonfinite)
+        self._inner = [*(self.muon.param_groups if self.muon else []),
+                       *self.adamw.param_groups]
+        super().__init__([{"params": g["params"]} for g in self._inner],
+                         dict(lr=lr, weight_decay=weight_decay))
+        self.state = {}  # type: ignore[assignment]
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """One step of both inner optimizers, at this optimizer's groups' ``lr``."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for mine, inner in zip(self.param_groups, self._inner, strict=True):
+            inner["lr"] = mine["lr"]
+        if self.muon is not None:
+            self.muon.step()
+        self.adamw.step()
+        self.state = {**(self.muon.state if self.muon else {}),  # type: ignore[assignment]
+                      **self.adamw.state}
+        return loss
+
+
 def _lab(name: str, cls_name: str, description: str, **defaults: Any) -> LabOptimizer:
     return LabOptimizer(name=name, cls=OPTIMIZERS[cls_name], description=description,
                         defaults=defaults)
@@ -98,6 +158,25 @@ LAB_OPTIMIZERS: dict[str, LabOptimizer] = {
     "adadelta": _lab("adadelta", "adadelta", "Adadelta, rho=0.9, lr=1.0", lr=1.0),
     # Modern optimizers (issue 17): schedule-free, sign-based, factored, orthogonalized,
     # hypergradient and learning-rate-free methods.
+    "lion": _lab("lion", "lion", "Lion (sign of interpolated momentum, one state), "
+                 "decoupled weight decay 0.1, lr=1e-3", lr=1e-3, weight_decay=0.1),
+    "rprop": _lab("rprop", "rprop", "Rprop (sign-based step sizes; meant for full batches), "
+                  "lr=1e-2", lr=1e-2),
+    "asgd": _lab("asgd", "asgd", "averaged SGD (Polyak-Ruppert), lr=0.05", lr=0.05),
+    "adafactor": _lab("adafactor", "adafactor", "Adafactor (factored second moments), lr=1e-2",
+                      lr=1e-2),
+    "muon": LabOptimizer("muon", MuonAdamW, "Muon (orthogonalized momentum) on hidden "
+                         "matrices, AdamW on the rest, lr=3e-3", defaults={"lr": 3e-3}),
+    "sgdhd": _lab("sgdhd", "sgdhd", "SGD with hypergradient descent on its lr, lr=0.01",
+                  lr=0.01, hypergrad_lr=1e-3),
+    "adamhd": _lab("adamhd", "adamhd", "Adam with hypergradient descent on its lr, lr=1e-3",
+                   lr=1e-3, hypergrad_lr=1e-4),
+    "prodigy": _lab("prodigy", "prodigy", "Prodigy (learning-rate-free: estimates the "
+                    "distance to the solution), lr=1.0", lr=1.0),
+    "adamw-8bit": LabOptimizer("adamw-8bit", OPTIMIZERS["adamw"],
+                               "AdamW with 8-bit block-wise states, decoupled weight decay "
+                               "0.01, lr=1e-3", fixed={"state_dtype": "uint8"},
+                               defaults={"lr": 1e-3, "weight_decay": 0.01}),
     "schedule-free-adamw": _lab("schedule-free-adamw", "schedulefreeadamw",
                                 "Schedule-Free AdamW (evaluated at the averaged weights), "
                                 "lr=1e-2", lr=1e-2),
@@ -132,6 +211,10 @@ LAB_OPTIMIZERS: dict[str, LabOptimizer] = {
                          fixed={"adaptive": True},
                          defaults={"lr": 0.01, "momentum": 0.9, "rho": 0.5}),
 }
+
+#: ``state_dtype`` values by the names run configs store: bfloat16 states, or 8-bit
+#: block-wise ones (``torch.uint8``, see :mod:`optimlab.quantization`).
+STATE_DTYPE_NAMES = {"bfloat16": torch.bfloat16, "uint8": torch.uint8, "8bit": torch.uint8}
 
 #: The lab optimizers that take a closure and evaluate it several times per step.
 SECOND_ORDER = ("newton", "newton-cg", "bfgs", "lbfgs")
@@ -222,6 +305,9 @@ def build_optimizer(name: str, params: Iterable[torch.Tensor],
     opt = lookup(name)
     values = resolve_hyperparams(name, hyperparams)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    if isinstance(kwargs.get("state_dtype"), str):  # stored by name in run configs (JSON)
+        kwargs["state_dtype"] = STATE_DTYPE_NAMES.get(kwargs["state_dtype"],
+                                                      kwargs["state_dtype"])
     try:
         return opt.cls(params, **kwargs)
     except (TypeError, ValueError) as e:

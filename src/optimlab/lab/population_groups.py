@@ -76,6 +76,9 @@ def batchable(config: RunConfig) -> str | None:
                                 config.hyperparams)
     except (TypeError, ValueError) as e:
         return f"the optimizer cannot be built: {e}"
+    if getattr(probe, "state_dtype", None) == torch.uint8:
+        return ("8-bit states are quantized in blocks across a stacked tensor (and tensors "
+                "under 4096 elements stay fp32): a member's states would differ from its run's")
     if callable(getattr(probe, "eval", None)):
         return (f"optimizer {config.optimizer!r} swaps the parameters for evaluation "
                 "(eval()/train(), as Schedule-Free does): the members' evaluations would "

@@ -63,6 +63,10 @@ class ScheduleFreeOptimizer(NamedOptimizer):
 
     #: The rule holding ``z`` (each subclass's chain contains it).
     averaging: ClassVar[ScheduleFreeAverage]
+    #: ``z`` is the iterate itself (the weights are read from it by :meth:`eval`): it stays
+    #: in the parameters' precision under ``state_dtype`` (bf16 or 8-bit storage would move
+    #: the evaluated weights by its rounding); the second moment may be stored low.
+    full_precision_states: ClassVar[tuple[str, ...]] = ("z",)
 
     @property
     def train_mode(self) -> bool:

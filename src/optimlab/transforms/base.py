@@ -53,10 +53,11 @@ class Bucket:
     All share device, dtype and step count. ``state`` maps a state key to the list of that
     state's tensors, aligned with ``params``. ``new_keys`` names the state entries created at
     this step (a momentum buffer created now starts from the update, as in torch.optim.SGD).
-    ``stored`` maps the keys of states kept in bfloat16 for float32 parameters (the chain's
-    ``state_dtype``) to their stored tensors: ``state`` then holds float32 copies, which the
-    chain rounds back (stochastically, seeded by ``seed``) after the rules ran; rules see only
-    ``state``.
+    ``stored`` maps the keys of states kept in low precision for float32 parameters (the
+    chain's ``state_dtype``: bfloat16, or 8-bit block-wise codes, :mod:`optimlab.quantization`)
+    to their stored tensors: ``state`` then holds float32 copies, which the chain rounds back
+    (bfloat16: stochastically, seeded by ``seed``; 8-bit: to the nearest code) after the rules
+    ran; rules see only ``state``.
     """
 
     params: list[Tensor]
@@ -265,6 +266,18 @@ class Transform:
     def needed_state(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         """State keys that the group's current settings need (created when missing)."""
         return self.state_names()
+
+    def state_shapes(self, group: Mapping[str, Any], param: Tensor) -> dict[str, torch.Size]:
+        """The states this rule keeps for ``param`` under the group's settings, each with the
+        shape it must have (a scalar state such as NAdam's ``mu_product`` is 0-dim whatever
+        this says). The default: every :meth:`needed_state` key, shaped like ``param``.
+
+        Rules whose states depend on the parameter's shape override it (Adafactor keeps a row
+        and a column factor for a matrix, a full variance for a vector); :meth:`init_state`
+        then makes exactly these keys. The chain puts parameters that keep the same keys in
+        the same bucket, so ``b.state`` holds each key for every parameter of a bucket.
+        """
+        return {k: param.shape for k in self.needed_state(group)}
 
     def prepare(self, group: Mapping[str, Any], b: Bucket) -> dict[str, Any]:
         """Python scalars for ``apply`` (see the module docstring)."""

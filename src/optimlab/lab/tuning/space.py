@@ -103,6 +103,16 @@ SEARCH_SPACES: dict[str, dict[str, Param]] = {
     "adamax": _space(_lr(1e-5, 1e-1), *_BETAS, _EPS),
     "adadelta": _space(_lr(1e-2, 10.0), Param("rho", 1e-2, 0.5, transform="one_minus"),
                        Param("eps", 1e-8, 1e-4)),
+    "lion": _space(_lr(1e-5, 1e-2), *_BETAS),
+    "rprop": _space(_lr(1e-4, 1e-1)),
+    "asgd": _space(_lr(1e-4, 1.0)),
+    "adafactor": _space(_lr(1e-4, 1.0)),
+    "muon": _space(_lr(1e-4, 1e-1)),
+    "sgdhd": _space(_lr(1e-4, 1.0), Param("hypergrad_lr", 1e-5, 1e-1)),
+    "adamhd": _space(_lr(1e-5, 1e-1), Param("hypergrad_lr", 1e-7, 1e-2)),
+    # Prodigy estimates the step: its lr is a multiplier near 1 (d_coef's role)
+    "prodigy": _space(_lr(1e-1, 10.0)),
+    "adamw-8bit": _space(_lr(1e-5, 1e-1), *_BETAS, _EPS, Param("weight_decay", 1e-6, 1e-1)),
     "schedule-free-adamw": _space(_lr(1e-4, 1e-1), *_BETAS, _EPS),
     "schedule-free-sgd": _space(_lr(1e-3, 10.0), _MOMENTUM),
     # The line-search methods' lr is the first trial step (1 is the Newton step); Newton's
