@@ -368,8 +368,8 @@ def test_the_store_keeps_study_runs(tmp_path: Path) -> None:
 
 
 def test_store_urls_and_corrupt_files(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="unsupported results-store URL scheme 'postgresql'"):
-        open_store("postgresql://localhost/db")
+    with pytest.raises(StoreError, match="unsupported results-store URL scheme 'mysql'"):
+        open_store("mysql://localhost/db")
     with pytest.raises(StoreError, match="bad SQLite URL"):
         open_store("sqlite://relative.db")
     junk = tmp_path / "junk.db"

@@ -106,6 +106,12 @@ rewards. The best configuration of each optimizer is re-run on --seeds held-out 
 "<optimizer> best". Running the same command again resumes the tuning.
 
 """ + EXIT_STATUS,
+    "worker": """examples:
+  optimlab compare --study my-study.toml --store postgresql://me:pw@db-host/lab  # machine 1
+  optimlab worker --store postgresql://me:pw@db-host/lab --study my-study   # any other one
+  optimlab worker --store postgresql://... --study my-study --executor ray --address auto
+
+""" + EXIT_STATUS,
     "advise": """examples:
   optimlab advise --task mlp-digits --budget 5
   optimlab advise --task mypkg.tasks:make_task --budget 30 --optimizers sgd,adam,adamw \\
@@ -246,7 +252,7 @@ def _store(url: str | None) -> Any:
 
 
 def _execute_study(spec: Any, store: Any, workers: int | None, replace: bool = False,
-                   population: str = "auto") -> Any:
+                   population: str = "auto", executor: Any = None) -> Any:
     from .lab.progress import Progress
     from .lab.study import InlineExecutor, ProcessExecutor, count_runs, plan, plan_notes, run_study
 
@@ -269,10 +275,28 @@ def _execute_study(spec: Any, store: Any, workers: int | None, replace: bool = F
 
     shared = {"progress": progress, "replace": replace, "message": bar.message,
               "population": population}
+    if executor is not None:
+        return run_study(spec, store, executor=executor, **shared)
     if workers is None:  # run_study's choice: a pool on every core when it helps
         return run_study(spec, store, **shared)
     with (InlineExecutor() if workers == 1 else ProcessExecutor(workers)) as executor:
         return run_study(spec, store, executor=executor, **shared)
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    """The executor ``--executor``/``--address`` name: ``None`` for the local default (a
+    process pool of ``--workers``), a :class:`~optimlab.lab.executor_ray.RayExecutor` for
+    ``ray``; close it after use."""
+    if getattr(args, "executor", "local") != "ray":
+        if getattr(args, "address", None):
+            raise CLIError("--address names a Ray cluster; give it with --executor ray")
+        return None
+    from .lab.executor_ray import RayError, RayExecutor
+    try:
+        return RayExecutor(args.address, slots=args.workers)
+    except RayError as e:
+        raise CLIError(str(e), "or run without --executor ray (the local process pool)"
+                       ) from None
 
 
 def _write_report(store: Any, name: str, out: Path | None, *, quiet: bool = False,
@@ -337,6 +361,17 @@ def _budget_and_clip(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .lab.distributed import torchrun_session
+
+    # Under torchrun (WORLD_SIZE > 1) the run trains with DDP on every process; rank 0 runs
+    # the command, the others execute the runs it sends them (optimlab.lab.distributed).
+    with torchrun_session() as session:
+        if session is not None and not session.is_leader:
+            return session.follow()
+        return _run_once(args)
+
+
+def _run_once(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .lab.spec import StudySpec
@@ -504,9 +539,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                     schedules=tuple(_csv(args.schedules) or ()), clip_norm=args.clip_norm,
                     clip_value=args.clip_value, allow_import=_allow_import(args))
     _, progress = _trial_progress("trials")
-    outcome = tune(spec, args.store, storage=args.storage, workers=args.workers,
-                   progress=progress, rerun_progress=_rerun_progress(),
-                   message=lambda text: print(text, file=sys.stderr))
+    executor = _executor(args)
+    try:
+        outcome = tune(spec, args.store, storage=args.storage, workers=args.workers,
+                       progress=progress, rerun_progress=_rerun_progress(),
+                       message=lambda text: print(text, file=sys.stderr), executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     print(f"tuning {outcome.name!r}: best configuration per task and optimizer")
     for r in outcome.results:
         value = "-" if r.best_value is None else f"{r.best_value:.4g}"
@@ -624,8 +664,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         from dataclasses import replace
         spec = replace(spec, name=overrides["name"])
     with _store(args.store) as store:
-        outcome = _execute_study(spec, store, args.workers, replace=args.replace,
-                                 population=args.population)
+        executor = _executor(args)
+        try:
+            outcome = _execute_study(spec, store, args.workers, replace=args.replace,
+                                     population=args.population, executor=executor)
+        finally:
+            if executor is not None:
+                executor.close()
         records = store.study_records(outcome.name)
         if args.no_report:
             print(f"study {outcome.name!r}: {outcome.planned} runs stored in {store.url}")
@@ -634,6 +679,45 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         index = _write_report(store, outcome.name, out)
     print(f"\nreport: {index}\nresults: {store.url} (study {outcome.name!r}; "
           f"re-running this command resumes it)")
+    return _status_of_runs(records)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from .lab.progress import Progress
+    from .lab.worker import run_worker
+
+    bar = Progress(0, "runs")
+
+    def progress(count: int, total: int, record: Any) -> None:
+        bar.total = total
+        bar.update(count, f"{record.label} on {record.task} seed {record.seed}: "
+                          f"{record.status}")
+
+    from .lab.store import StoreError
+
+    with _store(args.store) as store:
+        try:
+            store.study_spec(args.study)
+        except StoreError as e:
+            raise CLIError(str(e), "a study is saved by optimlab compare --store URL (which "
+                           "also works on it); start the workers after it") from None
+        executor = _executor(args)
+        if executor is None and args.workers is not None:
+            from .lab.study import InlineExecutor, ProcessExecutor
+            executor = InlineExecutor() if args.workers == 1 else ProcessExecutor(args.workers)
+        try:
+            bar.message(f"worker on study {args.study!r} in {store.url}")
+            outcome = run_worker(store, args.study, executor=executor, progress=progress,
+                                 message=bar.message, lease_s=args.lease,
+                                 population=args.population,
+                                 allow_import=_allow_import(args))
+        finally:
+            if executor is not None:
+                executor.close()
+        records = store.study_records(outcome.name)
+    print(f"study {outcome.name!r}: all {outcome.planned} runs stored; this worker ran "
+          f"{outcome.executed}, other workers {outcome.elsewhere}, {outcome.skipped} were "
+          "stored before")
     return _status_of_runs(records)
 
 
@@ -734,7 +818,15 @@ def _parser() -> argparse.ArgumentParser:
 
     def store_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--store", metavar="URL", default=None,
-                       help="results database (default sqlite:///optimlab-results/results.db)")
+                       help="results database (default sqlite:///optimlab-results/results.db;"
+                            " postgresql://user:password@host/db for several machines)")
+
+    def executor_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="where runs execute: local processes (default) or Ray tasks")
+        p.add_argument("--address", metavar="ADDR", default=None,
+                       help="the Ray cluster (ray://HOST:10001, HOST:6379 or auto; default: a "
+                            "local Ray instance)")
 
     p = sub.add_parser("run", help="train one task with one optimizer and print the result",
                        description="Run one task with one optimizer configuration and seed; "
@@ -804,6 +896,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default optimlab-results/STUDY/)")
     p.add_argument("--no-report", action="store_true", help="only run and store")
     store_arg(p)
+    executor_args(p)
     p.set_defaults(func=_cmd_compare)
     allow_arg(p)
 
@@ -866,8 +959,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder")
     p.add_argument("--no-report", action="store_true", help="only tune and store")
     store_arg(p)
+    executor_args(p)
     allow_arg(p)
     p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("worker", help="work on a stored study until all its runs are stored",
+                       description="Take the pending runs of a study saved in --store (by "
+                                   "optimlab compare) one claim at a time and store their "
+                                   "records, until none is left. Start any number of workers "
+                                   "on any machines that reach the store (PostgreSQL); a "
+                                   "killed worker's runs are taken over when its lease ends.",
+                       epilog=EXAMPLES["worker"], formatter_class=raw)
+    p.add_argument("--study", required=True, help="the study's name in the store")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel processes of this worker (default: one per core)")
+    p.add_argument("--population", choices=("auto", "off"), default="auto",
+                   help="auto: an arm's seeds train together as one population (default)")
+    p.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
+                   help="how long a claim outlives a worker that stopped renewing it (60)")
+    store_arg(p)
+    executor_args(p)
+    allow_arg(p)
+    p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("advise", help="which optimizer for this task? (measured, with evidence)",
                        description="Run an equal-budget tuning study of candidate optimizers on "
@@ -941,7 +1054,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 #: Commands that execute runs (a fault in them leaves the finished runs stored).
-RUNNING_COMMANDS = ("run", "compare", "tune", "advise")
+RUNNING_COMMANDS = ("run", "compare", "tune", "advise", "worker")
 
 
 def _run_command(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ from torch.optim import Optimizer
 
 from .transforms.base import check_range
 
-__all__ = ["SAM", "frozen_running_stats"]
+__all__ = ["SAM", "frozen_running_stats", "local_gradients"]
 
 #: The per-group keys SAM adds to the base optimizer's param groups.
 SAM_KEYS = ("rho", "adaptive", "eta")
@@ -88,6 +88,14 @@ def frozen_running_stats(model: nn.Module | None) -> Iterator[None]:
         with torch.no_grad():
             for buffer, value in saved:
                 buffer.copy_(value)
+
+
+def local_gradients(model: nn.Module | None) -> contextlib.AbstractContextManager[Any]:
+    """``model.no_sync()`` when ``model`` has it (``DistributedDataParallel``: the gradients
+    of a backward pass inside stay each worker's own, not all-reduced), else a context that
+    does nothing. :meth:`SAM.step` runs its first closure call inside it."""
+    no_sync = getattr(model, "no_sync", None)
+    return no_sync() if callable(no_sync) else contextlib.nullcontext()
 
 
 def _check_sam_settings(group: Mapping[str, Any], where: str = "") -> None:
@@ -151,6 +159,28 @@ class SAM(Optimizer):
     :class:`optimlab.GradientAccumulator` cannot drive SAM (it calls ``step()`` without a
     closure): accumulate as above.
 
+    Distributed data parallel (Foret et al.'s distributed setup, their "m-sharpness"): each
+    worker perturbs with its *own* gradient and the descent uses the gradient at the perturbed
+    points averaged over the workers. With ``model`` a ``DistributedDataParallel`` module,
+    ``step(closure)`` does this by itself: the first closure call runs inside
+    ``model.no_sync()`` (its backward is not all-reduced, so :math:`\epsilon` is the worker's
+    own, and the norm is that of its local gradient, never reduced across workers); the second
+    is all-reduced as usual, so every worker takes the same base step from the same :math:`w`
+    and the replicas stay equal. With the two-step API, run the first forward and backward
+    inside ``model.no_sync()`` yourself::
+
+        with ddp_model.no_sync():
+            loss_fn(ddp_model(x), y).backward()     # local gradient
+        sam.first_step(zero_grad=True)              # each worker its own epsilon
+        loss_fn(ddp_model(x), y).backward()         # all-reduced g'
+        sam.second_step(zero_grad=True)
+
+    Without ``no_sync`` the first gradient is all-reduced too and every worker perturbs with
+    the global batch's gradient (SAM on the global batch; one more all-reduce per step).
+    Any module with a ``no_sync()`` context (``DistributedDataParallel``, FSDP1) gets the
+    same treatment; FSDP2's ``fully_shard`` modules have none (use
+    ``set_requires_gradient_sync(False)`` around the first pass).
+
     Memory: one copy of the parameters (the unperturbed weights, a buffer kept from step to
     step); ASAM also holds :math:`T` and :math:`T g` during ``first_step``. The perturbation is
     applied with list operations (``torch._foreach_*``), one call per group, device and dtype.
@@ -172,7 +202,8 @@ class SAM(Optimizer):
         norm_eps: :math:`\varepsilon > 0` added to the norm; default 1e-12.
         model: optional module whose normalization layers' running statistics the second
             forward pass of ``step(closure)`` must not update (see
-            :func:`frozen_running_stats`).
+            :func:`frozen_running_stats`); a ``DistributedDataParallel`` module also makes
+            the first pass local (see above).
         **kwargs: the base optimizer's arguments (``lr``, ``momentum``, ...), when it is a
             class.
 
@@ -414,7 +445,8 @@ class SAM(Optimizer):
                             "per step (or use first_step() and second_step())")
         closure = torch.enable_grad()(closure)
         self.zero_grad()
-        loss = closure()
+        with local_gradients(self.model):  # DDP: each worker ascends with its own gradient
+            loss = closure()
         self.first_step(zero_grad=True)
         try:
             with frozen_running_stats(self.model):

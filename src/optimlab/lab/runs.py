@@ -62,6 +62,7 @@ from ..chain import NonFiniteGradientError
 from ..optimizers import Evaluations
 from ..sam import SAM
 from ..telemetry import Telemetry
+from . import distributed
 from .optimizers import build_optimizer, plain
 from .pool import WorkerDied
 from .schema import (
@@ -334,7 +335,8 @@ def execute_with_task(config: RunConfig, *, device: str | torch.device = "cpu",
     the task could not be built), for measurements on the trained model (e.g.
     :mod:`optimlab.lab.landscapes`)."""
     config = config.resolved()
-    device = torch.device(device)
+    distributed.announce(config)  # torchrun: the other processes run it too
+    device = distributed.run_device(torch.device(device))
     wall0 = time.perf_counter()
     task: Task | None = None
     old_threads = torch.get_num_threads()
@@ -345,6 +347,7 @@ def execute_with_task(config: RunConfig, *, device: str | torch.device = "cpu",
         task = make_task(config.task, **config.task_options)
         stage = "task setup"
         setup_task(task, config, device)
+        distributed.prepare(task, config)  # torchrun: DDP
         stage = "building the optimizer"
         config, hyper, scale = run_hyperparams(config, int(task.n_train))
         optimizer = build_optimizer(config.optimizer, task.parameters(), hyper)
@@ -554,8 +557,9 @@ class _Run:
         if self.reports_evaluations:
             self.counts += Evaluations(function=1, gradient=1)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.task.loss(batch)
+        loss = distributed.shard_loss(self.task, batch)  # torchrun: this process's share
         loss.backward()
+        loss = distributed.global_loss(loss)
         if measure and self.grad_norm is None:
             self.grad_norm = _total_norm(self.params)
         if self.config.clip_value is not None:

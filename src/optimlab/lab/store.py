@@ -167,8 +167,10 @@ def as_json(value: Any) -> Any:
 
 
 def open_store(url: str | Path | None = None, *, readonly: bool = False) -> ResultStore:
-    """Open the store at ``url``: ``sqlite:///relative/path.db``, ``sqlite:////absolute.db``
-    or a plain file path. Other schemes raise :class:`StoreError` naming the supported ones.
+    """Open the store at ``url``: ``sqlite:///relative/path.db``, ``sqlite:////absolute.db``,
+    a plain file path, or a PostgreSQL server, ``postgresql://user:password@host:port/db``
+    (:mod:`optimlab.lab.store_postgres`). Other schemes raise :class:`StoreError` naming the
+    supported ones.
 
     A database that exists but cannot be written (a read-only file or folder, missing
     permissions) opens read-only: reading works, writing raises :class:`StoreError` saying
@@ -187,8 +189,11 @@ def open_store(url: str | Path | None = None, *, readonly: bool = False) -> Resu
             raise StoreError(f"bad SQLite URL {url!r}; use sqlite:///relative/path.db or "
                              "sqlite:////absolute/path.db")
         return SQLiteStore(rest[1:], url=url, readonly=readonly)
-    raise StoreError(f"unsupported results-store URL scheme {scheme!r} in {url!r}; this "
-                     "version stores results in SQLite: sqlite:///path/to/results.db")
+    if scheme.split("+")[0] in ("postgresql", "postgres"):
+        from .store_postgres import PostgresStore
+        return PostgresStore(url, readonly=readonly)
+    raise StoreError(f"unsupported results-store URL scheme {scheme!r} in {url!r}; use "
+                     "sqlite:///path/to/results.db or postgresql://user:password@host/db")
 
 
 def __getattr__(name: str) -> Any:

@@ -100,6 +100,53 @@ def optuna_module() -> Any:
     return optuna
 
 
+#: Server databases (``postgresql://...``): each running trial records a heartbeat this often
+#: (seconds), and a ``RUNNING`` trial whose heartbeat is older than :data:`HEARTBEAT_GRACE_S`
+#: is failed by the next process that asks for a trial of its study (Optuna's
+#: ``fail_stale_trials``) and listed as interrupted by :func:`_stale_trial` (not counted: the
+#: claims run its index again). SQLite storages (one machine) rely on the claims alone.
+HEARTBEAT_S = 10
+HEARTBEAT_GRACE_S = 60
+
+
+#: The study's user attribute listing the numbers of the trials failed for a stale heartbeat
+#: (a finished trial's own attributes can no longer be set).
+STALE_ATTR = "optimlab_interrupted"
+
+
+def _stale_trial(study: Any, trial: Any) -> None:
+    """Optuna's stale-trial callback: a trial whose process stopped beating (killed, its
+    machine lost) is interrupted, so it does not count and its index runs again."""
+    stale = set(study.user_attrs.get(STALE_ATTR, [])) | {trial.number}
+    study.set_user_attr(STALE_ATTR, sorted(stale))
+
+
+def _heartbeat_options() -> dict[str, Any]:
+    """RDBStorage's heartbeat arguments (the callback's name changed in Optuna 4.9)."""
+    import inspect
+
+    optuna = optuna_module()
+    names = inspect.signature(optuna.storages.RDBStorage).parameters
+    callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in names
+                else "failed_trial_callback")
+    return {"heartbeat_interval": HEARTBEAT_S, "grace_period": HEARTBEAT_GRACE_S,
+            callback: _stale_trial}
+
+
+def _sqlalchemy_url(url: str) -> str:
+    """``url`` with a driver SQLAlchemy can load: ``postgresql://`` means psycopg2 to
+    SQLAlchemy; where only psycopg 3 is installed (optimlab's ``distributed`` extra), it is
+    named (``postgresql+psycopg://``)."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):
+        return url
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        return f"postgresql+psycopg{sep}{rest}"
+    return url
+
+
 _STORAGES: dict[str, Any] = {}
 #: Processes that open a new storage together race to create Optuna's tables: the losers'
 #: attempts fail (a duplicate table or version row) and are made again, this many times.
@@ -134,17 +181,22 @@ def open_storage(url: str, *, readonly: bool = False) -> Any:
         return _STORAGES[url]
     optuna = optuna_module()
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    server = {} if url.startswith("sqlite") else _heartbeat_options()
     for attempt in range(STORAGE_ATTEMPTS):
         try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
-                                                 skip_table_creation=readonly)
+            storage = optuna.storages.RDBStorage(_sqlalchemy_url(url), engine_kwargs=kwargs,
+                                                 skip_table_creation=readonly, **server)
             break
         except Exception as e:  # a bad URL, an unreachable server, not a database, or ...
             if attempt + 1 < STORAGE_ATTEMPTS and _creation_race(e):
                 time.sleep(0.1 * (attempt + 1))  # ... another process creating the tables
                 continue
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise TuneError(f"cannot open the tuning storage {url!r}: {first}") from None
+            if isinstance(e, ModuleNotFoundError):
+                first += "; pip install 'optimlab[distributed]'"
+            from ..store_postgres import redacted
+            raise TuneError(f"cannot open the tuning storage {redacted(url)!r}: {first}"
+                            ) from None
     _STORAGES[url] = storage
     return storage
 
@@ -224,9 +276,12 @@ def load_study(job: _Job, index: int = 0) -> Any:
 
 
 def counted_trials(study: Any) -> list[Any]:
-    """The study's trials that count towards the budget, by number."""
+    """The study's trials that count towards the budget, by number (not those interrupted:
+    killed, or failed for a stale heartbeat)."""
+    stale = set(study.user_attrs.get(STALE_ATTR, ()))
     return [t for t in study.get_trials(deepcopy=False)
-            if t.state.name.lower() in FINISHED and not t.user_attrs.get("interrupted")]
+            if t.state.name.lower() in FINISHED and not t.user_attrs.get("interrupted")
+            and t.number not in stale]
 
 
 def _prepare(job: _Job) -> None:
@@ -285,10 +340,19 @@ def _run_trial(item: _Trial) -> dict[str, Any]:
     if have != index:
         raise TuneError(f"tuning study {job.study!r} changed while it ran (trial {index} "
                         f"expected, {have} stored): is another process tuning it?")
-    start = _startup_params(job, index)
-    if start is not None:
-        study.enqueue_trial(start)
-    trial = study.ask()
+    # the thread study.optimize runs around a trial (Optuna's; nothing without a heartbeat)
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    storage = open_storage(job.storage)
+    with warnings.catch_warnings():  # (the stale trials' indices are claimed: see shared.py)
+        warnings.simplefilter("ignore")  # heartbeats are "meant for optimize" and experimental
+        optuna.storages.fail_stale_trials(study)  # (nothing without a heartbeat)
+        start = _startup_params(job, index)
+        if start is not None:
+            study.enqueue_trial(start)
+        trial = study.ask()
+    beat = get_heartbeat_thread(trial._trial_id, storage)
+    beat.start()
     try:
         return _one_trial(job, study, trial, index, state)
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -303,6 +367,8 @@ def _run_trial(item: _Trial) -> dict[str, Any]:
             trial.set_user_attr("interrupted", True)
             study.tell(trial, state=state.FAIL)
         raise
+    finally:
+        beat.join()
 
 
 class _Reporter:
