@@ -56,8 +56,8 @@ def bytes_per_param(cls: type, options: dict[str, Any], state_dtype: torch.dtype
 def main(argv: Sequence[str] | None = None) -> int:
     del argv
     n = sum(torch.Size(s).numel() for s in SHAPES)
-    print(f"Optimizer-state bytes per parameter after one step, 4 float32 1024 x 1024 matrices ({n} "
-          f"parameters), torch {torch.__version__}, CPU\n")
+    print(f"Optimizer-state bytes per parameter after one step, 4 float32 1024 x 1024 "
+          f"matrices ({n} parameters), torch {torch.__version__}, CPU\n")
     print("| optimizer | options | " + " | ".join(STORAGE) + " |")
     print("|---|---|" + "---:|" * len(STORAGE))
     adamw_8bit = None
