@@ -13,9 +13,12 @@ whole launch is killed after its ``timeout_s``.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -71,10 +74,14 @@ def launch(script: str | Path, tmp: Path, args: list[str], *, world: int = WORLD
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for rank, (p, log) in enumerate(zip(procs, logs)):
+    # The rank that failed by itself first (a positive status, or a signal other than our
+    # SIGKILL): the others were killed because of it, and their logs say nothing.
+    order = sorted(range(world), key=lambda r: procs[r].returncode in (0, -signal.SIGKILL))
+    for rank in order:
+        p, log = procs[rank], logs[rank]
         assert p.returncode == 0, (f"rank {rank} exited with {p.returncode} (negative: killed "
-                                   f"after a hang or another rank's failure):\n"
-                                   f"{log.read_text()[-4000:]}")
+                                   f"by that signal; -9 after a hang or another rank's "
+                                   f"failure):\n{log.read_text()[-4000:]}")
 
 
 def init_gloo(rank: int, store_path: str, world: int = WORLD) -> None:
@@ -84,6 +91,27 @@ def init_gloo(rank: int, store_path: str, world: int = WORLD) -> None:
     store = dist.FileStore(store_path, world)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
                             timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+
+
+@contextmanager
+def gloo_group(rank: int, store_path: str, world: int = WORLD) -> Iterator[None]:
+    """The gloo process group of a :func:`launch` for the ``with`` block's body; the ranks leave
+    it together (a barrier, then ``destroy_process_group``).
+
+    Without the barrier a rank that finished first destroyed its group and exited while the
+    other was still working (rank 0 pickling the results), and could abort at exit in gloo's
+    C++ teardown ("terminate called without an active exception", SIGABRT: seen on a loaded
+    2-core CI machine, not on an idle one). On an error the barrier is skipped: the launcher
+    ends the other rank.
+    """
+    import torch.distributed as dist
+
+    init_gloo(rank, store_path, world)
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def selected_ids(request: pytest.FixtureRequest, param: str = "case") -> list[str]:

@@ -48,7 +48,7 @@ from distutil import (
     assert_equal_states,
     batch,
     full,
-    init_gloo,
+    gloo_group,
     launch,
     loss_of,
     make_model,
@@ -174,16 +174,11 @@ def load_case(case: Case, rank: int, root: Path) -> dict[str, Any]:
 
 def worker(rank: int, store_path: str, mode: str, ids: list[str], root: str) -> None:
     """One rank: run ``mode`` ("save" or "load") for ``ids``; rank 0 saves the results."""
-    import torch.distributed as dist
-
-    init_gloo(rank, store_path)
     run = save_case if mode == "save" else load_case
-    try:
+    with gloo_group(rank, store_path):
         results = {i: run(BY_ID[i], rank, Path(root)) for i in ids}
         if rank == 0:
             torch.save(results, Path(root) / f"{mode}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 # ----- the tests ------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from distutil import (
     batch,
     gather_objects,
     global_grads,
-    init_gloo,
+    gloo_group,
     launch,
     loss_of,
     make_model,
@@ -155,16 +155,11 @@ def run_chain(rank: int) -> dict[str, Any] | None:
 
 def worker(rank: int, store_path: str, ids: list[str], out_path: str) -> None:
     """One rank: run ``ids`` in order; rank 0 saves the results to ``out_path``."""
-    import torch.distributed as dist
-
-    init_gloo(rank, store_path)
-    try:
+    with gloo_group(rank, store_path):
         results = {i: run_chain(rank) if i == CHAIN_ID else run_case(BY_ID[i], rank)
                    for i in ids}
         if rank == 0:
             torch.save(results, out_path)
-    finally:
-        dist.destroy_process_group()
 
 
 # ----- the tests ------------------------------------------------------------------------------
