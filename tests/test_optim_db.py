@@ -1,4 +1,4 @@
-"""The nine named optimizers through torch's own optimizer test database.
+"""The named optimizers with a torch.optim twin, through torch's own optimizer test database.
 
 torch's wheel ships the database its optimizer suite (``test/test_optim.py``,
 ``TestOptimRenewed``) runs on: ``torch.testing._internal.common_optimizers.optim_db``, one
@@ -20,15 +20,21 @@ torch's suite checks of its twin of the same name:
   older checkpoints (no ``foreach``/``maximize``/... keys, a Python-number ``step``), and
   Adam <-> AdamW (an AdamW loading an Adam state dict stays decoupled, as torch's does);
 * ``differentiable=True`` (the gradient through a step equals torch's) and sparse gradients
-  (SGD and Adagrad, the two of the nine whose torch twins take them).
+  (SGD and Adagrad, the two whose torch twins take them).
+
+As torch's suite does, an entry's ``supported_impls`` says which of the ``foreach`` and
+``differentiable`` variants it runs (torch's Adafactor has no ``differentiable``, its Muon
+neither), and ``supports_complex`` whether the complex test runs (not for Adafactor, Muon).
+The shared problems give each optimizer the parameters its torch twin takes (:func:`takes`):
+Muon only matrices, Adafactor no zero-element tensors.
 
 Configurations run on the CPU, for-loop (``foreach=False``) and multi-tensor
 (``foreach=True``); torch's ``fused`` variants are left to one smoke test marked ``slow``
 (optimlab's ``fused`` compiles with ``torch.compile``). optim_db lists ``capturable=True``
 configurations for CUDA only; on the CPU torch.optim refuses them as optimlab does (checked).
-optim_db entries without an optimlab twin (Adafactor, ASGD, Muon, Rprop, SparseAdam) are reported
-as skipped. LBFGS, whose step needs a closure, is held here to torch's arguments and error inputs
-and in ``test_second_order_contract.py`` to torch's numerics and object properties.
+optim_db entries without an optimlab twin (SparseAdam) are reported as skipped. LBFGS, whose
+step needs a closure, is held here to torch's arguments and error inputs and in
+``test_second_order_contract.py`` to torch's numerics and object properties.
 
 Test ids are ``<optimizer>-<dtype>-<torch's configuration name>``; ``+foreach`` /
 ``+differentiable`` name the variants (torch's suite names them ``& foreach``, ...).
@@ -87,19 +93,36 @@ GROWTH = 2.0
 #: float32 multiplication, so they add nothing.)
 SCALAR_ROUNDOFF = 2.0**-24
 MAX_LR = 0.1
+#: Muon orthogonalizes its update O in bfloat16, in both libraries (Newton-Schulz, as Keller
+#: Jordan's reference). Where gradients depend on the parameters (the scenario, the
+#: regression), parameters a few roundoffs apart give gradients a few roundoffs apart, and a
+#: bf16 result is a discontinuous function of its input: an element of O may round the other way,
+#: one bf16 ulp (2**-8 relative). Per step that moves the weight by at most
+#: ``lr * shape factor * ||dO||`` with ``||dO|| <= 2**-8 ||O||``: optim_db's Muon configurations
+#: have lr <= 0.01; the shape factor ``sqrt(max(1, rows / cols))`` is at most sqrt(3/2) for the
+#: 3x2 and 1x3 weights here, and ``||O||_F / ||W||_F <= 2`` (O's singular values are near 1, at
+#: most sqrt(2) of them; ``||W||_F`` is about 1 for the 3x2 weight, 0.6 for the 1x3 with one
+#: singular value). Observed differences are far smaller (a flip is rare); this is the bound.
+MUON_PER_STEP = 2.0**-8 * 0.01 * 1.5**0.5 * 2
+BF16_UPDATES = ("Muon",)
 
 
-def tolerance(dtype: torch.dtype, steps: int = STEPS, *, f32_scalars: bool = False) -> float:
+def tolerance(dtype: torch.dtype, steps: int = STEPS, *, f32_scalars: bool = False,
+              name: str = "") -> float:
     """Bound on the per-tensor relative error (``max_relative_error``) between two
-    implementations of one formula after ``steps`` steps, from the arithmetic above."""
+    implementations of one formula after ``steps`` steps of optimizer ``name``, from the
+    arithmetic above."""
     per_step = OPS_PER_STEP * UNIT_ROUNDOFF[dtype]
     if f32_scalars and dtype == torch.float64:
         per_step += OPS_PER_STEP * SCALAR_ROUNDOFF * MAX_LR
+    if name in BF16_UPDATES:
+        per_step += MUON_PER_STEP
     return steps * per_step * GROWTH
 
 
 # ----- the database -----------------------------------------------------------------------------
-NAMES = ("SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adadelta", "Adamax")
+NAMES = ("SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adadelta", "Adamax",
+         "Adafactor", "ASGD", "Rprop", "Muon")
 #: Twins whose step takes a closure (checked here for arguments and errors only).
 CLOSURE_NAMES = ("LBFGS",)
 INFOS = {info.name: info for info in optim_db if info.name in (*NAMES, *CLOSURE_NAMES)}
@@ -130,8 +153,12 @@ class Config:
 
     def kwargs(self, **updates: Any) -> dict[str, Any]:
         """Fresh keyword arguments (a tensor ``lr`` is a new tensor at every call)."""
-        kwargs = dict(INFOS[self.name].optim_inputs_func(device="cpu")[self.index].kwargs)
-        kwargs["foreach"] = self.impl == "foreach"
+        info = INFOS[self.name]
+        kwargs = dict(info.optim_inputs_func(device="cpu")[self.index].kwargs)
+        if "foreach" in info.supported_impls:
+            kwargs["foreach"] = self.impl == "foreach"
+        else:  # torch's Muon has no foreach argument: its for-loop is its only path
+            updates = {k: v for k, v in updates.items() if k != "foreach"}
         if self.impl == "differentiable":
             kwargs["differentiable"] = True
         kwargs.update(updates)
@@ -139,8 +166,12 @@ class Config:
 
 
 def configs(name: str, impls: tuple[str, ...]) -> list[Config]:
-    inputs = INFOS[name].optim_inputs_func(device="cpu")
-    return [Config(name, i, inp.desc, impl) for i, inp in enumerate(inputs) for impl in impls]
+    """The configurations of ``name`` in each of ``impls`` its optim_db entry supports (the
+    for-loop always)."""
+    info = INFOS[name]
+    inputs = info.optim_inputs_func(device="cpu")
+    supported = [i for i in impls if i == "forloop" or i in info.supported_impls]
+    return [Config(name, i, inp.desc, impl) for i, inp in enumerate(inputs) for impl in supported]
 
 
 def cases(impls: tuple[str, ...] = ("forloop",), dtypes: tuple[torch.dtype, ...] = DTYPES,
@@ -154,11 +185,27 @@ ALL_IMPLS = ("forloop", "foreach", "differentiable")  # what torch runs its obje
 NUMERIC_IMPLS = ("forloop", "foreach")  # torch skips differentiable in its numeric tests
 
 
+#: torch.optim.Muon takes matrices only ("Muon only supports 2D parameters"; biases and norms
+#: belong to AdamW); torch.optim.Adafactor divides by a parameter's number of elements, so a
+#: zero-element parameter fails its step (ZeroDivisionError).
+MATRIX_ONLY = ("Muon",)
+NONEMPTY_ONLY = ("Adafactor",)
+
+
+def takes(name: str, p: Tensor) -> bool:
+    """Whether torch's twin of ``name`` takes the parameter ``p``."""
+    if name in MATRIX_ONLY and p.ndim != 2:
+        return False
+    return not (name in NONEMPTY_ONLY and p.numel() == 0)
+
+
 def make(library: str, config: Config, params: Any, **updates: Any) -> Optimizer:
     """The optimizer ``config.name`` of ``library`` ("ol" or "torch") with the config's
-    arguments."""
+    arguments, over the parameters (or ``(name, parameter)`` pairs) of ``params`` its torch
+    twin takes (:func:`takes`); the others stay as they are in both libraries."""
     cls = getattr(ol, config.name) if library == "ol" else INFOS[config.name].optim_cls
-    return cls(params, **config.kwargs(**updates))
+    kept = [p for p in params if takes(config.name, p[1] if isinstance(p, tuple) else p)]
+    return cls(kept, **config.kwargs(**updates))
 
 
 # ----- problems ---------------------------------------------------------------------------------
@@ -200,16 +247,20 @@ def scenario(build: Callable[[list[Tensor]], Optimizer], dtype: torch.dtype,
     return out
 
 
-def linear_problem(dtype: torch.dtype) -> tuple[list[Parameter], Callable[[], Tensor]]:
-    """torch's small regression: ``|W x + b|^2`` with W 10x5, b 10; returns the parameters
-    and a function that sets their gradients and returns the loss."""
+def linear_problem(dtype: torch.dtype, name: str = ""
+                   ) -> tuple[list[Parameter], Callable[[], Tensor]]:
+    """torch's small regression: ``|W x + b|^2`` with W 10x5, b 10 (a 10x1 column for the
+    optimizer ``name`` if it takes matrices only); returns the parameters and a function that
+    sets their gradients and returns the loss."""
     weight = Parameter(torch.randn(10, 5, dtype=dtype))
     bias = Parameter(torch.randn(10, dtype=dtype))
+    if name in MATRIX_ONLY:
+        bias = Parameter(bias.detach().unsqueeze(1))
     x = torch.randn(5, dtype=dtype)
 
     def loss_and_grads() -> Tensor:
         weight.grad = bias.grad = None
-        loss = (weight.mv(x) + bias).pow(2).sum()
+        loss = (weight.mv(x) + bias.view(-1)).pow(2).sum()
         loss.backward()
         return loss
 
@@ -286,14 +337,20 @@ def error_cases() -> list[Any]:
     return out
 
 
+#: Arguments torch's messages spell out in words rather than by name.
+SPELLED = {"adjust_lr_fn": "adjust learning rate function"}
+
+
 def argument_patterns(kwargs: dict[str, Any], torch_regex: str) -> list[str]:
     """Words that name the offending argument: the keyword arguments torch's message names
-    (``betas`` also as ``beta``), else ``param`` (the inputs about the parameters)."""
+    (``betas`` also as ``beta``, a tuple's ``eps`` also as ``epsilon1``, ``SPELLED`` names in
+    words), else ``param`` (the inputs about the parameters)."""
     text = torch_regex.replace("\\", "")
-    words = [w for k in kwargs if any(re.search(rf"\b{f}\b", text, re.IGNORECASE)
-                                      for f in {k, k.rstrip("s")})
-             for w in {k, k.rstrip("s")}]
-    return [rf"\b{w}\b" for w in words] or ["param"]
+    words = [w for k in kwargs
+             if any(re.search(rf"\b{w}", text, re.IGNORECASE)
+                    for w in (k, k.rstrip("s"), SPELLED.get(k, k)))
+             for w in {k, k.rstrip("s"), SPELLED.get(k, k)}]
+    return [rf"\b{w}" for w in words] or ["param"]
 
 
 def torch_implementation_limit(kwargs: dict[str, Any]) -> bool:
@@ -307,7 +364,7 @@ def torch_implementation_limit(kwargs: dict[str, Any]) -> bool:
 
 
 def assert_steps_as_torch_forloop(name: str, kwargs: dict[str, Any]) -> None:
-    ps, set_grads = linear_problem(torch.float32)
+    ps, set_grads = linear_problem(torch.float32, name)
     qs = [Parameter(p.detach().clone()) for p in ps]
     ours = getattr(ol, name)(ps, **kwargs)
     theirs = INFOS[name].optim_cls(qs, **{**kwargs, "foreach": False})
@@ -318,7 +375,7 @@ def assert_steps_as_torch_forloop(name: str, kwargs: dict[str, Any]) -> None:
         ours.step()
         theirs.step()
     err = max_relative_error([p.detach() for p in ps], [q.detach() for q in qs])
-    assert err <= tolerance(torch.float32, 5), f"vs torch.optim's for-loop: {err:.2e}"
+    assert err <= tolerance(torch.float32, 5, name=name), f"vs torch.optim's for-loop: {err:.2e}"
 
 
 @pytest.mark.parametrize(("name", "dtype", "index"), error_cases())
@@ -394,13 +451,13 @@ def test_matches_torch(config: Config, dtype: torch.dtype) -> None:
     """optimlab equals torch.optim's for-loop (torch's ground truth), states included."""
     ours = scenario(lambda ps: make("ol", config, ps), dtype)
     theirs = scenario(lambda ps: make("torch", config, ps), dtype)
-    if config.name == "SGD":
-        # optimlab's SGD keeps a per-parameter ``step`` count that torch.optim.SGD does not
-        # (README, "state-dict layout"); every other state key and value is compared
+    if config.name in ("SGD", "Muon"):
+        # optimlab's SGD and Muon keep a per-parameter ``step`` count that torch's do not
+        # (README, "Optimizers"); every other state key and value is compared
         for snap in ours:
             for st in snap.states:
                 st.pop("step", None)
-    compare(ours, theirs, tolerance(dtype), "optimlab vs torch.optim")
+    compare(ours, theirs, tolerance(dtype, name=config.name), "optimlab vs torch.optim")
 
 
 @pytest.mark.parametrize(("config", "dtype"), cases())
@@ -417,7 +474,7 @@ def test_tensor_lr(config: Config, dtype: torch.dtype) -> None:
     """A tensor lr steps as the float it holds (torch.tensor(1e-3) is float32), and as
     torch.optim's for-loop with the same tensor lr (both within float32 scalar roundoff)."""
     lr = torch.tensor(1e-3)
-    p1 = linear_problem(dtype)[0]
+    p1 = linear_problem(dtype, config.name)[0]
     p2, p3 = ([Parameter(p.detach().clone()) for p in p1] for _ in range(2))
     try:
         tensor_lr = make("ol", config, p2, lr=lr.clone())
@@ -438,7 +495,12 @@ def test_tensor_lr(config: Config, dtype: torch.dtype) -> None:
         assert err <= rtol, f"tensor lr vs {label}: {err:.2e} > {rtol:.1e}"
 
 
-@pytest.mark.parametrize(("config", "dtype"), cases(NUMERIC_IMPLS, (torch.complex64,)))
+def supports_complex(c: Config) -> bool:
+    return INFOS[c.name].supports_complex
+
+
+@pytest.mark.parametrize(("config", "dtype"),
+                         cases(NUMERIC_IMPLS, (torch.complex64,), supports_complex))
 def test_complex(config: Config, dtype: torch.dtype) -> None:
     """Complex parameters step as their ``view_as_real`` twins (bit for bit: optimlab steps
     the real view), mixed with a real parameter, and as torch.optim's complex step."""
@@ -577,7 +639,7 @@ def test_param_groups_weight_decay(config: Config, dtype: torch.dtype) -> None:
     maximize = config.kwargs().get("maximize", False)
     for library in ("ol", "torch"):
         torch.manual_seed(0)
-        (weight, bias), loss_fn = linear_problem(dtype)
+        (weight, bias), loss_fn = linear_problem(dtype, config.name)
         cls = getattr(ol, config.name) if library == "ol" else INFOS[config.name].optim_cls
         # The config is also given as the defaults: torch.optim.Adagrad fills ``sum`` from
         # its constructor's initial_accumulator_value, not from the group's.
@@ -592,7 +654,7 @@ def test_param_groups_weight_decay(config: Config, dtype: torch.dtype) -> None:
         assert (last > first) if maximize else (last < first), (library, first, last)
         runs.append((weight.detach(), bias.detach()))
     err = max_relative_error(runs[0], runs[1])
-    assert err <= tolerance(dtype, 20), f"vs torch.optim: {err:.2e}"
+    assert err <= tolerance(dtype, 20, name=config.name), f"vs torch.optim: {err:.2e}"
 
 
 @pytest.mark.parametrize(("config", "dtype"), cases(dtypes=(torch.float32,)))
@@ -603,11 +665,15 @@ def test_param_groups_lr(config: Config, dtype: torch.dtype) -> None:
     if "lr" not in kwargs or kwargs["lr"] == 0:
         kwargs["lr"] = 1e-3
     torch.manual_seed(0)
-    (weight, bias), loss_fn = linear_problem(dtype)
-    idle = Parameter(torch.randn(2, dtype=dtype))
+    (weight, bias), loss_fn = linear_problem(dtype, config.name)
+    idle = Parameter(torch.randn(2, 1, dtype=dtype) if config.name in MATRIX_ONLY
+                     else torch.randn(2, dtype=dtype))
     before = idle.detach().clone()
-    opt = getattr(ol, config.name)([dict(params=[weight, bias], **kwargs), dict(params=[idle])],
-                                   lr=1e-28)
+    # Rprop's step size is clamped to at least step_sizes[0] (1e-6 by default): the idle group
+    # lets it shrink to 0 so that lr decides (1e-28 * 1.2**20 is still far below an ulp).
+    idle_group = {"step_sizes": (0.0, 50.0)} if config.name == "Rprop" else {}
+    opt = getattr(ol, config.name)([dict(params=[weight, bias], **kwargs),
+                                    dict(params=[idle], **idle_group)], lr=1e-28)
     first = loss_fn().item()
     for _ in range(20):
         loss_fn()
@@ -633,14 +699,25 @@ def without_decay(c: Config) -> bool:
     return c.kwargs().get("weight_decay", 0) == 0
 
 
+def no_decay(name: str) -> dict[str, Any]:
+    """Arguments that switch off every decay of the parameter ``name`` has: weight decay, and
+    ASGD's ``lambd`` (it scales the parameter by ``1 - lambd * eta`` at every step)."""
+    args = inspect.signature(getattr(ol, name).__init__).parameters
+    out: dict[str, Any] = {"weight_decay": 0.0} if "weight_decay" in args else {}
+    if name == "ASGD":
+        out["lambd"] = 0.0
+    return out
+
+
 @pytest.mark.parametrize(("config", "dtype"), cases(ALL_IMPLS, (torch.float32,), without_decay))
 def test_step_with_zero_grads_is_a_noop(config: Config, dtype: torch.dtype) -> None:
-    """Zero gradients and no weight decay (AdamW's default 1e-2 set to 0): every rule's update
-    is exactly 0 (0 / (sqrt(0) + eps), momentum of 0, ...), so the parameter keeps its bits."""
+    """Zero gradients and no decay (AdamW's default 1e-2 set to 0, ASGD's lambd too): every
+    rule's update is exactly 0 (0 / (sqrt(0) + eps), momentum of 0, Rprop's sign(0), ...), so the
+    parameter keeps its bits."""
     param = torch.randn(5, 1, dtype=dtype, requires_grad=True)
     before = param.detach().clone()
     p = param.clone() if config.impl == "differentiable" else param  # not a leaf: as torch's
-    opt = make("ol", config, [p], weight_decay=0.0)
+    opt = make("ol", config, [p], **no_decay(config.name))
     p.grad = torch.zeros_like(p)
     for _ in range(3):
         opt.step()
@@ -779,7 +856,7 @@ def test_state_dict_hooks(config: Config, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize(("config", "dtype"), cases(ALL_IMPLS, (torch.float32,)))
 def test_step_hooks(config: Config, dtype: torch.dtype) -> None:
     checks = HookChecks()
-    params = [torch.tensor([1.0, 1.0], dtype=dtype)]
+    params = [torch.tensor([[1.0, 1.0]], dtype=dtype)]
 
     def per_instance(kind: str) -> Callable[[], None]:
         def check() -> None:
@@ -860,7 +937,7 @@ def test_state_dict_round_trip_is_deterministic(config: Config, dtype: torch.dty
     """A copy loaded from a state dict steps as the original, bit for bit, and ends with an
     equal state dict; the loaded dict is left as it was; repeated groups look the same."""
     torch.manual_seed(0)
-    params, loss_fn = linear_problem(dtype)
+    params, loss_fn = linear_problem(dtype, config.name)
     opt = make("ol", config, params)
     for _ in range(10):
         loss_fn()
@@ -889,7 +966,7 @@ def test_state_dict_round_trip_is_deterministic(config: Config, dtype: torch.dty
 @pytest.mark.parametrize(("config", "dtype"), cases(NUMERIC_IMPLS, (torch.float32,)))
 def test_save_load_weights_only(config: Config, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    params, loss_fn = linear_problem(dtype)
+    params, loss_fn = linear_problem(dtype, config.name)
     opt = make("ol", config, params)
     for _ in range(3):
         opt.step(loss_fn)
@@ -905,7 +982,7 @@ def test_save_load_weights_only(config: Config, dtype: torch.dtype) -> None:
 def primed(config: Config, dtype: torch.dtype) -> tuple[Optimizer, Callable[[], Any]]:
     """An optimizer three steps into the linear problem, and its step function."""
     torch.manual_seed(1)
-    params, loss_fn = linear_problem(dtype)
+    params, loss_fn = linear_problem(dtype, config.name)
     opt = make("ol", config, params)
 
     def step() -> None:

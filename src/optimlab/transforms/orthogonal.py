@@ -133,9 +133,12 @@ class Orthogonalize(Transform):
 
 
 def _check_matrix(p: Tensor) -> None:
+    """Refuse what orthogonalization cannot take, with torch.optim.Muon's exception types: a
+    ValueError for a shape, a RuntimeError for a complex parameter."""
     if p.ndim != 2 or p.is_complex():
         what = "complex " if p.is_complex() else ""
-        raise ValueError(
+        error = RuntimeError if p.is_complex() else ValueError
+        raise error(
             f"Muon-style orthogonalization needs real 2-D parameters, got a {what}parameter of "
             f"shape {tuple(p.shape)}; give embeddings, heads, biases, norms and other non-2-D "
             "parameters to AdamW (optimlab.optimizers.muon.muon_param_groups splits a model)")
