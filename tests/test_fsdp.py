@@ -77,6 +77,11 @@ COLLECTIVE_TIMEOUT_S = 300
 LAUNCH_TIMEOUT_S = 600
 
 
+#: Optimizers whose step sums over whole tensors or a whole group, across the shards (see the
+#: module docstring): the chain's global norm, the hypergradient's dot product, Prodigy's sums.
+SUMMED = frozenset({"chain", "SGDHD", "AdamHD", "Prodigy"})
+
+
 @dataclass(frozen=True)
 class Case:
     """One optimizer configuration: how it is built, and what it is compared with."""
@@ -104,7 +109,7 @@ class Case:
     @property
     def bit_exact(self) -> bool:
         """Whether the sharded run must equal its optimlab reference bit for bit (see module)."""
-        return not self.torch_reference and self.name != "chain"
+        return not self.torch_reference and self.name not in SUMMED
 
 
 def chain_rules() -> list[ol.transforms.Transform]:
@@ -140,6 +145,17 @@ CASES = [
     Case("lookahead", "SGD", SGD_MOMENTUM, wrapper="lookahead"),
     Case("ema", "SGD", SGD_MOMENTUM, wrapper="ema"),
     Case("swa", "Adam", dict(lr=1e-2), wrapper="swa"),
+    # the modern optimizers (defaults); Muon is left to tests/test_dcp.py, which gives it the
+    # matrices only (this model's biases belong to AdamW)
+    Case("lion", "Lion", dict(lr=1e-3)),
+    Case("rprop", "Rprop"),
+    Case("asgd", "ASGD", dict(lr=1e-2, t0=2)),  # averaging from step 2: ax is exercised
+    Case("adafactor", "Adafactor"),
+    Case("sgdhd", "SGDHD", dict(lr=1e-2)),
+    Case("adamhd", "AdamHD", dict(lr=1e-2)),
+    Case("prodigy", "Prodigy", dict(d0=1e-3)),  # d0=1e-6 moves the weights too little here
+    Case("schedulefreeadamw", "ScheduleFreeAdamW", dict(lr=1e-2)),
+    Case("schedulefreesgd", "ScheduleFreeSGD", dict(lr=0.1)),
     # compiled: a few seconds to a minute of compiling each (slow)
     Case("adam-amsgrad-fused", "Adam", dict(lr=1e-2, amsgrad=True), fused=True),
     Case("adamw-fused-bf16", "AdamW", dict(lr=1e-2, weight_decay=0.1), fused=True, bf16=True),
@@ -335,8 +351,9 @@ def test_sharded_step_matches_unsharded(case: Case, sharded: dict[str, Any]) -> 
         for got, want in zip(run["states"], states, strict=True):
             assert max_relative_error([got[k] for k in want], list(want.values())) \
                 <= GLOBAL_NORM_RTOL
-        assert abs(float(run["info"]["grad_norm"]) / float(opt.info["grad_norm"]) - 1) \
-            <= GLOBAL_NORM_RTOL
+        if case.name == "chain":
+            assert abs(float(run["info"]["grad_norm"]) / float(opt.info["grad_norm"]) - 1) \
+                <= GLOBAL_NORM_RTOL
         return
     for got, want in zip(params, _values(model), strict=True):
         assert torch.equal(got, want)

@@ -72,6 +72,7 @@ __all__ = [
     "sqrt",
     "sqrt_",
     "sub",
+    "whole",
     "zeros_like",
 ]
 
@@ -342,18 +343,36 @@ def clamp_(xs: Sequence[Tensor], lo: Scalar | None, hi: Scalar | None) -> None:
 
 def norms(xs: Sequence[Tensor], ord: float = 2.0) -> TensorList:
     """Return each tensor's ``ord``-norm as a 0-dim tensor (on the tensor's device: reading
-    it as a number is a device synchronization)."""
-    return list(torch._foreach_norm(list(xs), ord))
+    it as a number is a device synchronization). Of DTensors (FSDP2 shards): the norm of the
+    whole tensor, reduced across the mesh (:func:`whole`), a plain tensor on every rank."""
+    out = list(torch._foreach_norm(list(xs), ord))
+    return [whole(n) for n in out] if out and is_dtensor(out[0]) else out
 
 
 def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
     """Return ``sum_i <x_i, y_i>`` over the whole list as one 0-dim tensor (for rules whose
     statistics span every tensor, such as Prodigy's or hypergradient descent's; all tensors on
-    one device)."""
+    one device).
+
+    DTensors (FSDP2 shards): each rank sums its shards, and one all-reduce over the mesh adds
+    the ranks' sums; the result is a plain tensor holding the global value on every rank (it
+    differs from the unsharded sum by the order of the additions only)."""
     xs, ys = list(xs), list(ys)
     if not xs:
         return torch.zeros(())
+    if is_dtensor(xs[0]):
+        total = torch.sum(xs[0] * ys[0])  # placement Partial: the shards' sums, not reduced
+        for x, y in zip(xs[1:], ys[1:]):
+            total = total + torch.sum(x * y)
+        return whole(total)
     return torch.stack([torch.sum(x * y) for x, y in zip(xs, ys)]).sum()
+
+
+def whole(x: Tensor) -> Tensor:
+    """A DTensor's global value as a plain tensor on every rank (gathered or all-reduced across
+    its mesh, as its placements need); a plain tensor itself. For the statistics a rule reduces
+    over whole tensors or whole groups (norms, dot products) under FSDP2."""
+    return x.full_tensor() if is_dtensor(x) else x
 
 
 def abs(xs: Sequence[Tensor]) -> TensorList:

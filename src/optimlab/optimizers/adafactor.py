@@ -71,8 +71,6 @@ class Adafactor(NamedOptimizer):
     """
 
     algorithm = "Adafactor"
-    refuses_sharded = ("its factored second moment averages whole rows and columns, which a "
-                       "shard does not hold; use Adam or AdamW (elementwise) under FSDP2")
 
     capturable_group_key = False
     fused_group_key = False

@@ -28,7 +28,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from .. import ops
 from ..chain import ChainOptimizer
 from ..transforms.base import Transform
 
@@ -54,19 +53,10 @@ class NamedOptimizer(ChainOptimizer):
     capturable_group_key: ClassVar[bool] = True
     #: Whether sparse (COO) gradients are accepted (the rules must accept them too).
     supports_sparse_grads: ClassVar[bool] = False
-    #: Why the optimizer refuses sharded (DTensor, FSDP2) parameters, or ``None`` if it steps
-    #: them (elementwise rules run on the local shards as on whole tensors).
-    refuses_sharded: ClassVar[str | None] = None
 
     def transforms_for(self, group: Mapping[str, Any]) -> tuple[Transform, ...]:
         """The rules applied to ``group`` (:attr:`rules` unless overridden)."""
         return self.rules
-
-    def _validate_group(self, group: Mapping[str, Any]) -> None:
-        super()._validate_group(group)
-        if self.refuses_sharded is not None and any(ops.is_dtensor(p) for p in group["params"]):
-            raise ValueError(f"{type(self).__name__} does not step sharded (DTensor / FSDP2) "
-                             f"parameters: {self.refuses_sharded}")
 
     def __init__(self, params: Params, defaults: dict[str, Any], *,
                  foreach: bool | None = None, fused: bool | None = None,

@@ -78,13 +78,11 @@ class _Hypergradient(PerGroupStatistics):
     """What SGD-HD and Adam-HD share: the current learning rate of a group.
 
     Distributed: under DDP every rank holds whole tensors and the same gradients, so the rate
-    is the single-process one; FSDP2 (DTensor) parameters are refused
-    (:attr:`refuses_sharded`); under ``ZeroRedundancyOptimizer`` each rank's optimizer holds
-    only its share of the parameters, so the dot product, and the rate, are the share's."""
-
-    refuses_sharded = ("its learning-rate update is a dot product over all of a group's "
-                       "elements, which would need an all-reduce across the shards; use it "
-                       "under DDP, where each rank holds whole tensors")
+    is the single-process one; under FSDP2 (DTensor parameters) each rank sums its shards'
+    products and one all-reduce per bucket adds them (:func:`optimlab.ops.dot`): the global
+    rate on every rank, up to the order of the additions; under ``ZeroRedundancyOptimizer``
+    each rank's optimizer holds only its share of the parameters, so the dot product, and the
+    rate, are the share's."""
 
     def current_lr(self, group_index: int = 0) -> Tensor:
         """The group's adapted learning rate ``alpha_t = lr * rho_t``, a 0-dim tensor (``lr``

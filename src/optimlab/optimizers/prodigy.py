@@ -48,15 +48,14 @@ class Prodigy(PerGroupStatistics):
     scalars ``d``, ``d_max``, ``d_numerator``, ``k``.
 
     Distributed: under DDP every rank holds whole tensors and the same gradients, so ``d`` is
-    the single-process one; FSDP2 (DTensor) parameters are refused (:attr:`refuses_sharded`);
-    under ``ZeroRedundancyOptimizer`` each rank's optimizer holds only its share of the
-    parameters, so ``d`` is estimated from the share.
+    the single-process one; under FSDP2 (DTensor parameters) the sums over the group (the
+    progress dot product and the l1 norm of ``s``) are all-reduced across the shards
+    (:func:`optimlab.ops.dot`, :func:`optimlab.ops.whole`): the global ``d`` on every rank, up
+    to the order of the additions; under ``ZeroRedundancyOptimizer`` each rank's optimizer holds
+    only its share of the parameters, so ``d`` is estimated from the share.
     """
 
     algorithm = "Prodigy"
-    refuses_sharded = ("its distance estimate sums over all of a group's elements, which "
-                       "would need an all-reduce across the shards; use it under DDP, "
-                       "where each rank holds whole tensors")
 
     def __init__(self, params: Params, lr: float | Tensor = 1.0,
                  betas: tuple[float, float] = _BETAS, beta3: float | None = None,

@@ -56,6 +56,13 @@ class ScaleByAdafactor(Transform):
     Group keys: ``lr``, ``beta2_decay``, ``eps``, ``d``, ``beta1``, ``relative_step``,
     ``scale_parameter``; state: ``row_var``, ``col_var`` (factored), ``variance`` (vectors),
     ``exp_avg`` (``beta1`` set), as torch.optim.Adafactor names them.
+
+    Under FSDP2 (DTensor parameters sharded on their first dimension) ``variance`` and
+    ``exp_avg`` are sharded like the parameter, and ``row_var`` and ``col_var`` are replicated
+    DTensors (each rank keeps the ``m + n`` numbers); DTensor reduces the row and column means
+    across the shards, and :func:`optimlab.ops.norms` all-reduces the RMS norms, so every rank
+    steps with the whole tensor's statistics (equal to one process up to the order of the
+    additions; ``tests/test_fsdp.py``, ``tests/test_dcp.py``).
     """
 
     state_keys = ("row_var", "col_var", "variance", "exp_avg")

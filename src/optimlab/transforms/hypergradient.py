@@ -114,7 +114,8 @@ class HypergradientRate(Transform):
         dots, ratios, steps = [], [], []
         for carried in us:
             n = (len(carried) - 1) // 4
-            dots += [torch.sum(g * d) for g, d in zip(carried[:n], carried[n:2 * n])]
+            if n:  # ops.dot: under FSDP2 the shards' sums all-reduced, once per bucket
+                dots.append(ops.dot(carried[:n], carried[n:2 * n]))
             ratios += carried[2 * n:3 * n]
             steps += carried[3 * n:4 * n]
         rho, k = newest([ratios, steps], steps)
