@@ -42,26 +42,16 @@ from typing import Any, TypeVar
 
 from .claims import Claim, Owner
 from .schema import RunRecord, SchemaError
-from .store import DB_VERSION, STUDY_BOOKKEEPING, StoreError, as_json, first_difference
+from .store import DB_VERSION, StoreError
 from .store_faults import record_dict
+from .store_sql import SQLReads, save_study_rows, tables
 
 __all__ = ["CONNECT_TIMEOUT_S", "PostgresStore", "redacted"]
 
 #: Seconds a connection attempt waits for the server before the store gives up.
 CONNECT_TIMEOUT_S = 10
 
-_REAL = "DOUBLE PRECISION"
-_TABLES = {
-    "optimlab_runs": f"key TEXT PRIMARY KEY, status TEXT NOT NULL, config TEXT NOT NULL, "
-                     f"record TEXT NOT NULL, finished {_REAL} NOT NULL",
-    "optimlab_studies": f"name TEXT PRIMARY KEY, spec TEXT NOT NULL, created {_REAL} NOT NULL, "
-                        f"updated {_REAL} NOT NULL",
-    "optimlab_study_runs": "study TEXT NOT NULL, key TEXT NOT NULL, label TEXT NOT NULL, "
-                           "pos INTEGER NOT NULL, PRIMARY KEY (study, key)",
-    "optimlab_meta": "name TEXT PRIMARY KEY, value TEXT NOT NULL",
-    "optimlab_claims": f"key TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL, "
-                       f"pid INTEGER NOT NULL, started TEXT NOT NULL, expires {_REAL} NOT NULL",
-}
+_TABLES = tables("DOUBLE PRECISION")
 # advisory lock ids (any fixed 64-bit numbers; they only need to differ from other tools')
 _SCHEMA_LOCK, _CLAIM_LOCK, _STUDY_LOCK = 0x6F6C_0001, 0x6F6C_0002, 0x6F6C_0003
 _INSTALL = "pip install 'optimlab[distributed]'"
@@ -88,6 +78,11 @@ def _driver() -> Any:
     return psycopg
 
 
+def _pg(sql: str) -> str:
+    """A shared query (:mod:`optimlab.lab.store_sql`) with psycopg's ``%s`` placeholders."""
+    return sql.replace("?", "%s")
+
+
 def _translated(action: str) -> Callable[[F], F]:
     """Decorator: a psycopg error in the method becomes a one-line StoreError."""
 
@@ -104,7 +99,7 @@ def _translated(action: str) -> Callable[[F], F]:
     return deco
 
 
-class PostgresStore:
+class PostgresStore(SQLReads):
     """:class:`~optimlab.lab.store.ResultStore` on a PostgreSQL server (its tables created
     when missing). See the module docstring.
 
@@ -213,38 +208,10 @@ class PostgresStore:
     @_translated("save the study")
     def save_study(self, name: str, spec: Mapping[str, Any],
                    runs: Sequence[tuple[str, str]], *, replace: bool = False) -> None:
-        from .store_sqlite import _short
-
-        now = time.time()
-        spec = as_json(dict(spec))
-        with self._transaction(_STUDY_LOCK) as db:
-            row = db.execute("SELECT spec FROM optimlab_studies WHERE name=%s",
-                             (name,)).fetchone()
-            if row is None:
-                db.execute("INSERT INTO optimlab_studies VALUES (%s, %s, %s, %s)",
-                           (name, json.dumps(spec, sort_keys=True), now, now))
-            else:
-                old = json.loads(row[0])
-                diff = first_difference(old, spec,
-                                        ignore=STUDY_BOOKKEEPING | (set(spec) - set(old)))
-                if diff is not None and not replace:
-                    where, was, now_is = diff
-                    raise StoreError(
-                        f"study {name!r} in {self.url} was saved with another spec ({where}: "
-                        f"{_short(was)} there, {_short(now_is)} now); give this one another "
-                        "name (--name NEW), or replace the old one (--replace: its runs stay "
-                        "stored)")
-                if diff is not None:
-                    db.execute("DELETE FROM optimlab_study_runs WHERE study=%s", (name,))
-                else:
-                    spec = {**old, **spec}  # bookkeeping the new spec lacks stays
-                db.execute("UPDATE optimlab_studies SET spec=%s, updated=%s WHERE name=%s",
-                           (json.dumps(spec, sort_keys=True), now, name))
-            with db.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO optimlab_study_runs VALUES (%s, %s, %s, %s) ON CONFLICT "
-                    "(study, key) DO UPDATE SET label=excluded.label, pos=excluded.pos",
-                    [(name, key, label, i) for i, (key, label) in enumerate(runs)])
+        with self._transaction(_STUDY_LOCK) as db, db.cursor() as cur:
+            save_study_rows(lambda sql, params: db.execute(_pg(sql), params),
+                            lambda sql, rows: cur.executemany(_pg(sql), rows),
+                            self.url, name, spec, runs, replace=replace)
 
     @_translated("store a run")
     def put_run(self, record: RunRecord) -> bool:
@@ -356,34 +323,11 @@ class PostgresStore:
             raise StoreError(f"{self._where}: run {key} cannot be read ({e}); delete its row "
                              "from optimlab_runs to run it again") from None
 
-    @_translated("read the study's runs")
-    def study_records(self, name: str) -> list[RunRecord]:
-        self.study_spec(name)  # raises for an unknown study
-        rows = self._db().execute(
-            "SELECT r.record, s.label, r.key FROM optimlab_study_runs s "
-            "JOIN optimlab_runs r ON r.key = s.key WHERE s.study=%s ORDER BY s.pos",
-            (name,)).fetchall()
-        return [self._load(text, key, label) for text, label, key in rows]
-
-    @_translated("read the study")
-    def study_spec(self, name: str) -> dict[str, Any]:
-        row = self._db().execute("SELECT spec FROM optimlab_studies WHERE name=%s",
-                                 (name,)).fetchone()
-        if row is None:
-            known = [s["name"] for s in self.studies()]
-            raise StoreError(f"no study {name!r} in {self.url}; studies there: "
-                             f"{', '.join(known) or 'none'}")
-        return json.loads(row[0])
-
-    @_translated("list the studies")
-    def studies(self) -> list[dict[str, Any]]:
-        rows = self._db().execute(
-            "SELECT st.name, st.updated, COUNT(sr.key), COUNT(r.key) FROM optimlab_studies st "
-            "LEFT JOIN optimlab_study_runs sr ON sr.study = st.name "
-            "LEFT JOIN optimlab_runs r ON r.key = sr.key "
-            "GROUP BY st.name, st.updated ORDER BY st.updated").fetchall()
-        return [{"name": n, "updated": u, "runs": total, "finished": done}
-                for n, u, total, done in rows]
+    def _read(self, action: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._db().execute(_pg(sql), params).fetchall()
+        except self._driver.Error as e:
+            raise self._error(e, action) from None
 
     # ------------------------------------------------------------------ closing
 

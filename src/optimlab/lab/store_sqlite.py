@@ -44,10 +44,7 @@ from .schema import RunRecord, SchemaError
 from .store import (
     DB_VERSION,
     LOCK_TIMEOUT_S,
-    STUDY_BOOKKEEPING,
     StoreError,
-    as_json,
-    first_difference,
 )
 from .store_faults import (
     Spool,
@@ -57,21 +54,11 @@ from .store_faults import (
     store_error,
     translated,
 )
+from .store_sql import SQLReads, save_study_rows, tables
 
 __all__ = ["SQLiteStore"]
 
-_TABLES = {
-    "optimlab_runs": "key TEXT PRIMARY KEY, status TEXT NOT NULL, config TEXT NOT NULL, "
-                     "record TEXT NOT NULL, finished REAL NOT NULL",
-    "optimlab_studies": "name TEXT PRIMARY KEY, spec TEXT NOT NULL, created REAL NOT NULL, "
-                        "updated REAL NOT NULL",
-    "optimlab_study_runs": "study TEXT NOT NULL, key TEXT NOT NULL, label TEXT NOT NULL, "
-                           "pos INTEGER NOT NULL, PRIMARY KEY (study, key)",
-    "optimlab_meta": "name TEXT PRIMARY KEY, value TEXT NOT NULL",
-    # who runs what (optimlab.lab.claims): owner id, its host/pid/start, the lease's end
-    "optimlab_claims": "key TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL, "
-                       "pid INTEGER NOT NULL, started TEXT NOT NULL, expires REAL NOT NULL",
-}
+_TABLES = tables("REAL")
 
 
 def _schema(tables: Iterable[str], temp: bool = False) -> str:
@@ -83,7 +70,7 @@ def _schema(tables: Iterable[str], temp: bool = False) -> str:
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _CHUNK = 500  # keys per IN (...) list (SQLite allows 999 parameters in old builds)
 
-class SQLiteStore:
+class SQLiteStore(SQLReads):
     """:class:`~optimlab.lab.store.ResultStore` in one SQLite file (created with its folder
     if missing). See the module docstring for how it opens and what it does under faults.
 
@@ -346,36 +333,9 @@ class SQLiteStore:
     @translated("save the study")
     def save_study(self, name: str, spec: Mapping[str, Any],
                    runs: Sequence[tuple[str, str]], *, replace: bool = False) -> None:
-        now = time.time()
-        spec = as_json(dict(spec))
         with self._transaction() as db:
-            row = db.execute("SELECT spec FROM optimlab_studies WHERE name=?",
-                             (name,)).fetchone()
-            if row is None:
-                db.execute("INSERT INTO optimlab_studies VALUES (?, ?, ?, ?)",
-                           (name, json.dumps(spec, sort_keys=True), now, now))
-            else:
-                old = json.loads(row[0])
-                # fields the stored spec lacks predate it (an older optimlab saved it)
-                diff = first_difference(old, spec,
-                                        ignore=STUDY_BOOKKEEPING | (set(spec) - set(old)))
-                if diff is not None and not replace:
-                    where, was, now_is = diff
-                    raise StoreError(
-                        f"study {name!r} in {self.url} was saved with another spec ({where}: "
-                        f"{_short(was)} there, {_short(now_is)} now); give this one another "
-                        "name (--name NEW), or replace the old one (--replace: its runs stay "
-                        "stored)")
-                if diff is not None:
-                    db.execute("DELETE FROM optimlab_study_runs WHERE study=?", (name,))
-                else:
-                    spec = {**old, **spec}  # bookkeeping the new spec lacks stays
-                db.execute("UPDATE optimlab_studies SET spec=?, updated=? WHERE name=?",
-                           (json.dumps(spec, sort_keys=True), now, name))
-            db.executemany(
-                "INSERT INTO optimlab_study_runs VALUES (?, ?, ?, ?) ON CONFLICT(study, key) "
-                "DO UPDATE SET label=excluded.label, pos=excluded.pos",
-                [(name, key, label, i) for i, (key, label) in enumerate(runs)])
+            save_study_rows(db.execute, db.executemany, self.url, name, spec, runs,
+                            replace=replace)
 
     def put_run(self, record: RunRecord) -> bool:
         if not isinstance(record, RunRecord):
@@ -550,34 +510,11 @@ class SQLiteStore:
         except SchemaError as e:
             raise StoreError(f"{self.path}: run {key} cannot be read: {e}") from None
 
-    @translated("read the study's runs")
-    def study_records(self, name: str) -> list[RunRecord]:
-        self.study_spec(name)  # raises for an unknown study
-        rows = self._db().execute(
-            "SELECT r.record, s.label, r.key FROM optimlab_study_runs s "
-            "JOIN optimlab_runs r ON r.key = s.key WHERE s.study=? ORDER BY s.pos",
-            (name,)).fetchall()
-        return [self._load(text, key, label) for text, label, key in rows]
-
-    @translated("read the study")
-    def study_spec(self, name: str) -> dict[str, Any]:
-        row = self._db().execute("SELECT spec FROM optimlab_studies WHERE name=?",
-                                 (name,)).fetchone()
-        if row is None:
-            known = [s["name"] for s in self.studies()]
-            raise StoreError(f"no study {name!r} in {self.url}; studies there: "
-                             f"{', '.join(known) or 'none'}")
-        return json.loads(row[0])
-
-    @translated("list the studies")
-    def studies(self) -> list[dict[str, Any]]:
-        rows = self._db().execute(
-            "SELECT st.name, st.updated, COUNT(sr.key), COUNT(r.key) FROM optimlab_studies st "
-            "LEFT JOIN optimlab_study_runs sr ON sr.study = st.name "
-            "LEFT JOIN optimlab_runs r ON r.key = sr.key "
-            "GROUP BY st.name ORDER BY st.updated").fetchall()
-        return [{"name": n, "updated": u, "runs": total, "finished": done}
-                for n, u, total, done in rows]
+    def _read(self, action: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._db().execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise self._error(e, action) from None
 
     # ------------------------------------------------------------------ closing
 
@@ -599,9 +536,3 @@ class SQLiteStore:
 def _chunks(keys: list[str]) -> Iterator[list[str]]:
     for i in range(0, len(keys), _CHUNK):
         yield keys[i:i + _CHUNK]
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) \
-        else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
