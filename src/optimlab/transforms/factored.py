@@ -62,7 +62,8 @@ class ScaleByAdafactor(Transform):
     DTensors (each rank keeps the ``m + n`` numbers); DTensor reduces the row and column means
     across the shards, and :func:`optimlab.ops.norms` all-reduces the RMS norms, so every rank
     steps with the whole tensor's statistics (equal to one process up to the order of the
-    additions; ``tests/test_fsdp.py``, ``tests/test_dcp.py``).
+    additions; ``tests/test_fsdp.py``, ``tests/test_dcp.py``). Each rank builds only its own
+    rows of ``V = R C``.
     """
 
     state_keys = ("row_var", "col_var", "variance", "exp_avg")
@@ -134,7 +135,7 @@ class ScaleByAdafactor(Transform):
             sq = ops.mul(u, u)
             ops.lerp_(r, ops.mean(sq, -1), sc["w"])
             ops.lerp_(c, ops.mean(sq, -2), sc["w"])
-            v = ops.mul(r, c)
+            v = ops.mul(_rows_like(r, u), c)
             r_mean = ops.mean(r, -2)
             ops.clamp_(r_mean, sc["eps1"], None)
             ops.div_(v, r_mean)
@@ -164,6 +165,20 @@ class ScaleByAdafactor(Transform):
             return ops.mul(m, factor)
         ops.mul_(upd, factor)
         return upd
+
+
+def _rows_like(rs: list[Tensor], us: list[Tensor]) -> list[Tensor]:
+    """The row factors ``R`` laid out like the updates ``U`` where those are FSDP2 shards split
+    along a leading dimension (which ``R``, shaped ``[..., n, 1]``, shares): each rank then
+    builds only its rows of ``R C`` (a local slice of the replicated ``R``, no communication),
+    not the whole matrix. Anything else as it is."""
+    if not (us and ops.is_dtensor(us[0])):
+        return rs
+    out = []
+    for r, u in zip(rs, us):
+        leading = all(not p.is_shard() or p.dim < u.ndim - 1 for p in u.placements)
+        out.append(r.redistribute(u.device_mesh, u.placements) if leading else r)
+    return out
 
 
 def scale_by_adafactor(beta2_decay: float = -0.8, eps: tuple[float | None, float] = (None, 1e-3),
