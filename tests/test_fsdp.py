@@ -11,7 +11,7 @@ the same options (for ``fused=True`` with bfloat16 states, compiled too), and co
 All cases run in one launch of the two processes (one start, one gloo set-up, one ``import
 torch`` per rank), and only the cases of the selected tests: ``-m "not slow"`` leaves out the
 compiled (``fused=True``) ones. A hang cannot stall CI: a collective times out after
-``COLLECTIVE_TIMEOUT_S`` and the launch is killed after ``LAUNCH_TIMEOUT_S``.
+``distutil.COLLECTIVE_TIMEOUT_S`` and the launch is killed after ``distutil.LAUNCH_TIMEOUT_S``.
 
 Tolerances (errors are :func:`reference.max_relative_error`, per tensor ``||a - b|| / ||b||``):
 
@@ -37,8 +37,9 @@ Tolerances (errors are :func:`reference.max_relative_error`, per tensor ``||a - 
   compiled; Lookahead): bit for bit. Each rule is elementwise and made of correctly rounded
   operations; a DTensor op runs on each local shard the kernel the unsharded step runs on the
   whole tensor (compiled: the kernel inductor generates from the same expression), and every
-  shard holds a multiple of 32 elements (``WIDTH``), so each element takes the same vectorized
-  code path, sharded or not: every element sees the same operations on the same inputs. The
+  shard holds a multiple of 32 elements (``distutil.WIDTH``), so each element takes the same
+  vectorized code path, sharded or not: every element sees the same operations on the same
+  inputs. The
   stochastic rounding of bfloat16 states hashes the element's index in the *global* tensor
   (``optimlab.precision``), so the noise is the same too; with the index within the shard,
   about half the elements of the second shard would round the other way.
@@ -47,34 +48,30 @@ Tolerances (errors are :func:`reference.max_relative_error`, per tensor ``||a - 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from distutil import (
+    batch,
+    full,
+    gloo_group,
+    launch,
+    make_model,
+    selected_ids,
+)
 from reference import max_relative_error
 from torch import Tensor, nn
 
 import optimlab as ol
 
-WORLD = 2
 STEPS = 4
-#: Hidden and output width of the MLP; every parameter's shard is a multiple of 32 elements.
-WIDTH = 64
 #: Parameters and weight averages against torch.optim / AveragedModel, eager or compiled.
 TORCH_RTOL = 1e-6
 #: The chain, whose gradient norm is summed shard by shard, against optimlab unsharded.
 GLOBAL_NORM_RTOL = 1e-6
-#: The seconds a rank waits in a collective for the other (a compile on a loaded CI machine
-#: can take a minute), and the seconds the whole launch may take.
-COLLECTIVE_TIMEOUT_S = 300
-LAUNCH_TIMEOUT_S = 600
 
 
 #: Optimizers whose step sums over whole tensors or a whole group, across the shards (see the
@@ -165,18 +162,6 @@ EMA_DECAY = 0.5
 LOOKAHEAD = dict(k=2, alpha=0.5)
 
 
-def make_model() -> nn.Module:
-    """The MLP every case trains (the same initial weights in every process)."""
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, WIDTH), nn.Tanh(), nn.Linear(WIDTH, WIDTH))
-
-
-def batch(rank: int, step: int) -> tuple[Tensor, Tensor]:
-    """Rank ``rank``'s data at ``step`` (data parallel: each rank has its own)."""
-    gen = torch.Generator().manual_seed(1000 * step + rank)
-    return torch.randn(16, 8, generator=gen), torch.randn(16, WIDTH, generator=gen)
-
-
 def build(case: Case, model: nn.Module) -> tuple[Any, Any]:
     """optimlab's optimizer of ``case`` over ``model``, and its weight average (or ``None``)."""
     if case.name == "chain":
@@ -196,19 +181,12 @@ def build(case: Case, model: nn.Module) -> tuple[Any, Any]:
 # ----- the two ranks --------------------------------------------------------------------------
 
 
-def _full(t: Any) -> Any:
-    """A DTensor gathered to one plain tensor; anything else as it is."""
-    from torch.distributed.tensor import DTensor
-
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
 def run_sharded(case: Case, rank: int) -> dict[str, Any]:
     """Train the FSDP2-sharded model with ``case``; the gathered tensors of the run."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh("cpu", (WORLD,))
+    mesh = init_device_mesh("cpu", (torch.distributed.get_world_size(),))
     model = make_model()
     for layer in model:
         if isinstance(layer, nn.Linear):
@@ -216,83 +194,44 @@ def run_sharded(case: Case, rank: int) -> dict[str, Any]:
     fully_shard(model, mesh=mesh)
     opt, average = build(case, model)
     params = list(model.parameters())
-    out: dict[str, Any] = {"init": [_full(p.detach()) for p in params], "grads": []}
+    out: dict[str, Any] = {"init": [full(p.detach()) for p in params], "grads": []}
     for step in range(STEPS):
         x, y = batch(rank, step)
         loss = nn.functional.mse_loss(model(x), y)
         opt.zero_grad()
         loss.backward()
-        out["grads"].append([_full(p.grad) for p in params])
+        out["grads"].append([full(p.grad) for p in params])
         opt.step()
         if average is not None:
             average.update()
-    out["params"] = [_full(p.detach()) for p in params]
+    out["params"] = [full(p.detach()) for p in params]
     inner = opt.optimizer if case.wrapper == "lookahead" else opt
-    out["states"] = [{k: _full(v) for k, v in sorted(inner.state[p].items())} for p in params]
-    out["info"] = {k: _full(v) for k, v in getattr(inner, "info", {}).items()}
+    out["states"] = [{k: full(v) for k, v in sorted(inner.state[p].items())} for p in params]
+    out["info"] = {k: full(v) for k, v in getattr(inner, "info", {}).items()}
     if average is not None:
-        out["averages"] = [_full(average.averages[n]) for n, _ in model.named_parameters()]
+        out["averages"] = [full(average.averages[n]) for n, _ in model.named_parameters()]
     return out
 
 
 def worker(rank: int, store_path: str, case_ids: list[str], out_path: str) -> None:
     """One rank: run ``case_ids`` in order; rank 0 saves the results to ``out_path``."""
-    import torch.distributed as dist
-
-    store = dist.FileStore(store_path, WORLD)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-    try:
+    with gloo_group(rank, store_path):
         results = {cid: run_sharded(BY_ID[cid], rank) for cid in case_ids}
         if rank == 0:
             torch.save(results, out_path)
-    finally:
-        dist.destroy_process_group()
 
 
 # ----- the test -------------------------------------------------------------------------------
 
 
-def launch(tmp: Path, case_ids: list[str]) -> dict[str, Any]:
-    """Run the two ranks on ``case_ids``; rank 0's results. A rank that fails ends the other
-    (which would otherwise wait in a collective until it times out)."""
-    out_path = tmp / "results.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
-    if sys.platform.startswith("linux"):
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the loopback: no name resolution needed
-    logs = [tmp / f"rank{rank}.log" for rank in range(WORLD)]
-    procs = []
-    for rank, log in enumerate(logs):
-        with open(log, "w") as f:
-            procs.append(subprocess.Popen(
-                [sys.executable, __file__, str(rank), str(tmp / "store"), json.dumps(case_ids),
-                 str(out_path)], stdout=f, stderr=subprocess.STDOUT, env=env))
-    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-    try:
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            if any(p.poll() not in (None, 0) for p in procs):
-                break
-            time.sleep(0.1)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for rank, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, (f"rank {rank} exited with {p.returncode} (negative: killed "
-                                   f"after a hang or the other rank's failure):\n"
-                                   f"{log.read_text()[-4000:]}")
-    return torch.load(out_path, weights_only=True)
-
-
 @pytest.fixture(scope="module")
 def sharded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             ) -> dict[str, Any]:
-    """The sharded runs of every case selected in this session, from one launch."""
-    wanted = [item.callspec.params["case"].id for item in request.session.items
-              if item.module is request.module and hasattr(item, "callspec")
-              and "case" in item.callspec.params]
-    return launch(tmp_path_factory.mktemp("fsdp"), list(dict.fromkeys(wanted)))
+    """The sharded runs of every case selected in this session, from one launch of the two
+    ranks (a rank that fails ends the other, which would otherwise wait in a collective)."""
+    tmp = tmp_path_factory.mktemp("fsdp")
+    launch(__file__, tmp, [json.dumps(selected_ids(request)), str(tmp / "results.pt")])
+    return torch.load(tmp / "results.pt", weights_only=True)
 
 
 def replay(case: Case, run: dict[str, Any], library: Any) -> tuple[nn.Module, Any, Any]:
