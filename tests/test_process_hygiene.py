@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,9 +34,17 @@ START_S = 180.0
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
+#: Seeds of the studies below, and their runs (two optimizers). Enough runs that a study
+#: signalled once two are stored cannot finish first: on a quiet machine a 3000-step quadratic
+#: run takes ~0.1-0.6 s, the first runs are stored a few at a time, and 4 seeds (8 runs) were
+#: seen all stored by the time the signal arrived.
+SEEDS = 12
+RUNS = 2 * SEEDS
+
+
 def _compare(db: Path, name: str, steps: int = 3000) -> list[str]:
-    # quadratic (2-D: evaluated every step) at 3000 steps: about 1 s a run on one core
-    return cli("compare", "--tasks", "quadratic", "--optimizers", "sgd,adam", "--seeds", "4",
+    # quadratic (2-D: evaluated every step) at 3000 steps
+    return cli("compare", "--tasks", "quadratic", "--optimizers", "sgd,adam", "--seeds", str(SEEDS),
                "--steps", str(steps), "--batch-size", "8", "--lr", "0.001", "--name", name,
                "--no-report", "--workers", "2", "--store", f"sqlite:///{db}")
 
@@ -109,16 +118,16 @@ def test_sigterm_and_sighup_stop_compare_like_ctrl_c(tmp_path: Path, sig: str,
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == status, err[-2000:]
     assert f"interrupted by {sig}" in err and "run the same command again to resume" in err
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err[-4000:]
     _assert_gone(tree)
     kept = stored_runs(db)
-    assert at_signal <= kept < 8  # finished runs kept, the study stopped mid-way
+    assert at_signal <= kept < RUNS  # finished runs kept, the study stopped mid-way
     if sig == "SIGTERM":
         again = subprocess.run(_compare(db, "t"), capture_output=True, text=True, env=ENV,
                                timeout=600, check=False)
         assert again.returncode == 0, again.stderr[-2000:]
-        assert f"{kept} of 8 runs already stored" in again.stderr
-        assert stored_runs(db) == 8
+        assert f"{kept} of {RUNS} runs already stored" in again.stderr
+        assert stored_runs(db) == RUNS
 
 
 def test_sigterm_stops_tune_and_a_rerun_completes_it(tmp_path: Path) -> None:
@@ -186,6 +195,38 @@ def test_abort_kills_the_workers_mid_item_and_returns_with_them_gone() -> None:
     assert futures[2].cancelled()
     with pytest.raises(RuntimeError, match="closed"):
         pool.submit(time.sleep, 1)
+
+
+def test_an_interrupted_close_aborts_and_leaves_no_worker_or_thread() -> None:
+    """Ctrl-C (or a termination signal) while ``close()`` waits for the item in flight: the
+    interruption propagates, and the pool aborts on its way out (as when a study is signalled
+    just as it finishes)."""
+    from optimlab.lab.pool import ProcessExecutor, WorkerDied
+
+    class Stop(Exception):
+        """What the signal handler raises (as ``interrupt_on_signals`` raises Interrupted)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Stop
+
+    pool = ProcessExecutor(1)
+    future = pool.submit(time.sleep, 600)
+    assert wait_until(lambda: len(pool.pids()) == 1, START_S)
+    pids = pool.pids()
+    time.sleep(0.5)  # the worker is in time.sleep(600)
+    # a real signal (SIGUSR1, not pytest's SIGINT): it wakes the main thread's join
+    old = signal.signal(signal.SIGUSR1, handler)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.start()
+    try:
+        with pytest.raises(Stop):
+            pool.close()  # waits for the item: interrupted
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, old)
+    assert not any(alive(p) for p in pids)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("optimlab-worker")]
+    assert isinstance(future.exception(timeout=0), WorkerDied)
 
 
 #: A process whose child runs the parent-pid watchdog alone (no prctl, no lifeline), and

@@ -318,7 +318,11 @@ class ProcessExecutor:
         self._jobs: queue.SimpleQueue[tuple[Callable[[Any], Any], Any, cf.Future[Any]] | None] \
             = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._servers: list[threading.Thread] = []
+        #: The serving threads, each with the event it sets as it ends. ``_shutdown`` waits on
+        #: the events, not ``Thread.join``: a join interrupted by a signal handler's exception
+        #: (Ctrl-C, Interrupted) marks a running thread as stopped in CPython 3.11 (it releases
+        #: the lock the thread holds), so a later join would return at once.
+        self._servers: list[tuple[threading.Thread, threading.Event]] = []
         self._live: set[_Worker] = set()
         self._closed = False
         self._aborted = False
@@ -333,18 +337,27 @@ class ProcessExecutor:
         if not self._servers:
             atexit.register(self.abort)  # never leave workers to the interpreter's exit
             for i in range(self.workers):
-                thread = threading.Thread(target=self._serve, name=f"optimlab-worker-{i}",
-                                          daemon=True)
+                ended = threading.Event()
+                thread = threading.Thread(target=self._serve, args=(ended,),
+                                          name=f"optimlab-worker-{i}", daemon=True)
+                self._servers.append((thread, ended))
                 thread.start()
-                self._servers.append(thread)
         future: cf.Future[Any] = cf.Future()
         self._jobs.put((fn, item, future))
         return future
 
     def close(self) -> None:
         """Stop the workers once the items running finish (items not started are
-        cancelled)."""
-        self._shutdown(now=False)
+        cancelled). Interrupted while it waits (Ctrl-C, or SIGTERM/SIGHUP turned into
+        :class:`~optimlab._interrupts.Interrupted`), it aborts instead (:meth:`abort`) and
+        lets the interruption propagate: no worker or serving thread is left behind (a
+        serving thread still stopping its worker at the interpreter's exit printed a
+        traceback)."""
+        try:
+            self._shutdown(now=False)
+        except BaseException:
+            self._shutdown(now=True)
+            raise
 
     def abort(self) -> None:
         """Kill the workers now (SIGKILL) and wait until they are gone; items running fail
@@ -388,8 +401,9 @@ class ProcessExecutor:
             self._live.add(worker)
             return worker
 
-    def _serve(self) -> None:
-        """One serving thread: takes jobs, runs each in its worker, replaces a dead worker."""
+    def _serve(self, ended: threading.Event) -> None:
+        """One serving thread: takes jobs, runs each in its worker, replaces a dead worker;
+        sets ``ended`` as it ends."""
         worker: _Worker | None = None
         try:
             while True:
@@ -422,10 +436,13 @@ class ProcessExecutor:
                         self._live.discard(worker)
                     worker = None
         finally:
-            if worker is not None:
-                worker.stop()
-                with self._lock:
-                    self._live.discard(worker)
+            try:
+                if worker is not None:
+                    worker.stop()
+                    with self._lock:
+                        self._live.discard(worker)
+            finally:
+                ended.set()
 
     def _shutdown(self, now: bool) -> None:
         with self._lock:
@@ -445,9 +462,9 @@ class ProcessExecutor:
                 job[2].cancel()
         for _ in self._servers:
             self._jobs.put(None)
-        for thread in self._servers:
+        for thread, ended in self._servers:
             if thread is not threading.current_thread():
-                thread.join()
+                ended.wait()
         for w in doomed:  # reaped, whichever thread got there first
             w.process.join(STOP_TIMEOUT_S)
             with contextlib.suppress(OSError):
