@@ -139,7 +139,7 @@ class ProdigyStep(Transform):
         for g, s, _, _ in parts:
             ops.mul_(s, keep.to(s[0].dtype))
             ops.add_(s, g, c.to(s[0].dtype))
-            l1 += [ops.whole(n) for n in torch._foreach_norm(s, 1)]  # FSDP2: all-reduced
+            l1 += ops.norms(s, 1.0)  # whole-tensor norms (all-reduced under FSDP2)
         den = torch.stack(common(l1)).sum().to(d.dtype)
         progress = torch.stack(common([p for _, _, _, p in parts])).sum().to(d.dtype)
         r_new = b3 * r + d / d0 * dlr * progress
