@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -90,7 +91,7 @@ from .. import schedules
 from ..chain import NonFiniteGradientError
 from .optimizers import build_optimizer
 from .population_groups import batchable, group_key, hyperparameter_key
-from .population_stack import Stack, group_bounds, in_dims, member_part
+from .population_stack import Layout, Stack, group_bounds, in_dims, member_part
 from .runs import (
     _Run,
     describe_error,
@@ -106,14 +107,16 @@ __all__ = ["batchable", "execute_population", "group_key"]  # the first and last
 
 
 class _Member(_Run):
-    """One member's bookkeeping: a sequential run's, over a slice of the stacked tensors, in
-    param group ``group`` (of ``group_size`` members) of the population's optimizer."""
+    """One member's bookkeeping: a sequential run's, over a row of the population's buffers
+    (laid out by ``layout``), in param group ``group`` (of ``group_size`` members) of the
+    population's optimizer."""
 
     def __init__(self, config: RunConfig, task: Task, optimizer: torch.optim.Optimizer,
                  device: torch.device, lr_scale: float, size: int, group: int,
-                 group_size: int) -> None:
+                 group_size: int, layout: Layout) -> None:
         super().__init__(config, task, optimizer, device, None, lr_scale)
         self.size, self.group, self.group_size = size, group, group_size
+        self.layout = layout
         self.record: RunRecord | None = None
 
     def schedule(self) -> schedules.Schedule:
@@ -128,14 +131,18 @@ class _Member(_Run):
         return measure
 
     def state_bytes(self) -> int:
-        """The member's share of its group's state: a tensor with the group's member axis
-        counts ``1/group_size`` of its bytes; a scalar (a step count) counts whole."""
+        """The member's state as its own optimizer would hold it, per parameter: of a state
+        tensor with the group's member axis, the member's rows (``1/group_size`` of its
+        bytes); a scalar (a step count), which the population's optimizer keeps once per
+        buffer (:class:`~optimlab.lab.population_stack.Layout`), once per parameter held in
+        that buffer."""
+        per_buffer = Counter(b for b, _, _ in self.layout.segments)
         total = 0
-        for p in self.optimizer.param_groups[self.group]["params"]:
+        for b, p in enumerate(self.optimizer.param_groups[self.group]["params"]):
             for v in self.optimizer.state.get(p, {}).values():
                 if isinstance(v, Tensor):
-                    n = (v.numel() // self.group_size
-                         if v.dim() and v.shape[0] == self.group_size else v.numel())
+                    n = (v.numel() // self.group_size if v.dim() and v.shape[0] == self.group_size
+                         else v.numel() * per_buffer[b])
                     total += n * v.element_size()
         return total
 
@@ -245,16 +252,18 @@ class _Population:
             tasks = [(i, task) for i, task, *_ in planned]
             first = tasks[0][1]
             names = [n for n, p in first.model.named_parameters() if p.requires_grad]
-            stacked = [torch.stack([t.parameters()[j].detach() for _, t in tasks])
-                       .requires_grad_(True) for j in range(len(names))]
+            layout = Layout(first.parameters())
+            buffers = layout.flatten([torch.stack([t.parameters()[j].detach()
+                                                   for _, t in tasks])
+                                      for j in range(len(names))])
             for m, (_, task) in enumerate(tasks):
-                for p, s in zip(task.parameters(), stacked, strict=True):
-                    p.data = s.detach()[m]  # the member's parameter is its slice
+                for p, s in zip(task.parameters(), layout.views(buffers), strict=True):
+                    p.data = s[m]  # the member's parameter is its slice
             bounds = group_bounds([first_seen[hyperparameter_key(m[3])] for m in planned])
-            optimizer = self._optimizer(planned[0][2].optimizer, stacked, bounds,
+            optimizer = self._optimizer(planned[0][2].optimizer, buffers, bounds,
                                         [planned[a][3] for a, _ in bounds])
             members = [_Member(config, task, optimizer, self.device, scale, len(tasks), j,
-                               b - a)
+                               b - a, layout)
                        for j, (a, b) in enumerate(bounds)
                        for _, task, config, _, scale in planned[a:b]]
             stage = "training"
@@ -274,8 +283,8 @@ class _Population:
                                                 task=task,
                                                 wall_seconds=time.perf_counter() - wall0)
             return
-        grad_fn = torch.func.grad_and_value(self._member_loss(first, names))
-        stack = Stack(list(members), stacked, bounds, optimizer, scheduler,
+        grad_fn = first.population_gradients() or self._vmapped_gradients(first, names)
+        stack = Stack(list(members), layout, buffers, bounds, optimizer, scheduler,
                        planned[0][2].optimizer, planned[0][3])
         self._loop(stack, grad_fn, stream)
         for (i, _), m in zip(tasks, members, strict=True):
@@ -284,21 +293,24 @@ class _Population:
             self.records[i] = m.record
 
     @staticmethod
-    def _optimizer(name: str, stacked: list[Tensor], bounds: list[tuple[int, int]],
+    def _optimizer(name: str, buffers: list[Tensor], bounds: list[tuple[int, int]],
                    hypers: list[dict[str, Any]]) -> torch.optim.Optimizer:
         """The population's optimizer: param group ``j`` holds rows ``a_j..b_j`` of every
-        stacked tensor (views: the steps write into the stacked tensors) with the group keys
-        an optimizer built with ``hypers[j]`` has."""
+        parameter buffer (views: the steps write into the buffers) with the group keys an
+        optimizer built with ``hypers[j]`` has."""
         probe = [nn.Parameter(torch.zeros(1))]
         groups = []
         for (a, b), hyper in zip(bounds, hypers, strict=True):
             keys = {k: v for k, v in build_optimizer(name, probe, hyper).param_groups[0].items()
                     if k != "params"}
-            groups.append({"params": [s.detach()[a:b] for s in stacked], **keys})
+            groups.append({"params": [buffer[a:b] for buffer in buffers], **keys})
         return build_optimizer(name, groups, hypers[0])
 
     @staticmethod
-    def _member_loss(task: Task, names: list[str]) -> Any:
+    def _vmapped_gradients(task: Task, names: list[str]) -> Any:
+        """``(params, batch) -> (grads, losses)`` for any task whose population is supported:
+        ``vmap(grad_and_value(loss_i))``, ``loss_i`` the task's own ``loss`` called through
+        ``functional_call`` with member ``i``'s parameters."""
         module = _LossOf(task)
 
         def loss(params: tuple[Tensor, ...], batch: Any) -> Tensor:
@@ -306,7 +318,12 @@ class _Population:
                 module, {f"model.{n}": p for n, p in zip(names, params, strict=True)},
                 (batch,))
 
-        return loss
+        member = torch.func.grad_and_value(loss)
+
+        def gradients(params: tuple[Tensor, ...], batch: Any) -> Any:
+            return torch.vmap(member, in_dims=(0, in_dims(batch)))(params, batch)
+
+        return gradients
 
     def _loop(self, stack: Stack, grad_fn: Any, stream: Iterator[Any]) -> None:
         task = stack.members[0].task
@@ -329,13 +346,13 @@ class _Population:
                 t0 = time.perf_counter()
                 batch = stack.rows_of(next(stream))
                 examples = task.batch_examples(member_part(batch, 0))
-                grads, losses = torch.vmap(grad_fn, in_dims=(0, in_dims(batch)))(
-                    tuple(stacked), batch)
-                grads = list(grads)
+                grads, losses = grad_fn(tuple(stacked), batch)
+                flat = stack.layout.flatten(grads)
+                grads = stack.layout.views(flat)
                 for group, (a, b) in zip(optimizer.param_groups, stack.bounds, strict=True):
-                    for view, g in zip(group["params"], grads, strict=True):
+                    for view, g in zip(group["params"], flat, strict=True):
                         view.grad = g[a:b]
-                total = stack.clipping.apply(grads, raw=bool(measured))
+                total = stack.clipping.apply(grads, flat, raw=bool(measured))
                 # One host sync per step: the losses, the norms the records and the
                 # non-finite screen need.
                 values, norms, raw = torch.stack([losses.double(), total[0].double(),
@@ -352,8 +369,8 @@ class _Population:
                         self._refuse(members[k], [g[k] for g in grads])
                         dead.append(k)
                 if dead:
-                    index = torch.tensor(dead, device=grads[0].device)
-                    for g in grads:
+                    index = torch.tensor(dead, device=flat[0].device)
+                    for g in flat:
                         g.index_fill_(0, index, 0)
                 optimizer.step()
                 stack.scheduler.step()

@@ -118,6 +118,18 @@ class Task(ABC):
         """
         return f"task {self.info.name!r} does not declare support for population runs"
 
+    def population_gradients(self) -> Callable[[Sequence[Tensor], Batch],
+                                               tuple[list[Tensor], Tensor]] | None:
+        """A faster way to differentiate a population of this task (tasks like this one),
+        or ``None``: the population then uses ``vmap`` over :meth:`loss`.
+
+        The function returned takes the members' stacked parameters (``(P, *shape)`` each,
+        in :meth:`parameters` order) and a stacked batch (:meth:`population_batches`). It
+        returns each member's gradients (same shapes) and its loss of its own part of the
+        batch, shape ``(P,)``, equal to what ``loss(batch_i).backward()`` gives on the
+        member's own model up to rounding."""
+        return None
+
     def population_batches(self, members: Sequence[Task], batch_size: int | None,
                            generators: Sequence[torch.Generator]) -> Iterator[Batch]:
         """The training batches of a population's ``members`` (tasks like this one, each set

@@ -95,6 +95,7 @@ from ._common import (
 from .base import Batch, Task, TaskInfo
 from .convex import _load, _split, _standardize
 from .registry import register
+from .stacked import StackedGradients, cross_entropy_gradients
 
 __all__ = [
     "ACTIVATIONS",
@@ -269,6 +270,12 @@ class DigitsTask(Task):
         """Loss and accuracy per split in eval mode, and the generalization gap."""
         self.model.eval()
         return classification_metrics(self)
+
+    def population_gradients(self) -> StackedGradients | None:
+        """The written-out gradients of a plain MLP
+        (:func:`~optimlab.lab.tasks.stacked.cross_entropy_gradients`); ``None`` (vmap) for
+        other models."""
+        return cross_entropy_gradients(self.model)
 
 
 class MLPDigitsTask(DigitsTask):
