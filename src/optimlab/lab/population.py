@@ -10,25 +10,31 @@ and returns the same records :func:`optimlab.lab.runs.execute` would.
 **How.** Each member's task is built and set up with its own seed exactly as ``execute`` does
 (``torch.manual_seed(seed)``, ``task.setup(seed, device)``) and draws its own batches from its
 own ``torch.Generator().manual_seed(seed)``. The members' parameters are stacked along a leading
-population axis: parameter ``j`` of the population is ``S_j`` of shape ``(P, *shape_j)``, and
-member ``i``'s model parameter ``j`` is re-pointed at the slice ``S_j[i]`` (it shares its
-memory), so the member's own task evaluates, measures and plots the member's current
-parameters with its own code. A step computes every member's loss and gradients at once,
-``vmap(grad(loss_i))`` over the stacked parameters and the stacked batches, where ``loss_i`` is
-the task's own ``loss`` called through ``torch.func.functional_call`` (measured on the CPU:
-gradients bit-identical to the runs alone; one backward pass of ``sum_i L_i`` through the
-vmapped forward costs about a quarter less but sums in another order, and after 1000 steps its
-rounding had grown to 1.3e-5 relative on a converged mini-batch loss, beyond the tolerance
-the records are held to). Then one optimizer step updates all the stacked tensors. That step
-is each member's own step because the optimizer's rules are elementwise (each rule declares
-it: ``Transform.elementwise``).
+population axis: parameter ``j`` of the population is ``S_j`` of shape ``(P, *shape_j)``, a
+view of a flat buffer whose row ``i`` holds all of member ``i``'s parameters of one dtype
+(:class:`~optimlab.lab.population_stack.Layout`), and member ``i``'s model parameter ``j`` is
+re-pointed at the slice ``S_j[i]`` (it shares its memory), so the member's own task
+evaluates, measures and plots the member's current parameters with its own code.
+
+A step computes every member's loss and gradients at once. Where the task offers it
+(:meth:`~optimlab.lab.tasks.Task.population_gradients`: plain MLPs, whose forward and
+backward it writes out as batched matrix products, about 6x cheaper), that function does
+it; otherwise ``vmap(grad(loss_i))`` over the stacked parameters and the stacked batches,
+where ``loss_i`` is the task's own ``loss`` called through ``torch.func.functional_call``.
+Both gave gradients bit-identical to the runs alone (measured on the CPU, one thread; one
+backward pass of ``sum_i L_i`` through the vmapped forward summed in another order, and after
+1000 steps its rounding had grown to 1.3e-5 relative on a converged mini-batch loss, beyond
+the tolerance the records are held to). Then one optimizer step updates the flat buffers:
+it is each member's own step because the optimizer's rules are elementwise (each rule
+declares it: ``Transform.elementwise``), and over one tensor per dtype it costs less than
+over one per parameter.
 
 **Per-member hyperparameters.** Members may differ in the values of the optimizer's numeric
 hyperparameters (learning rate, betas, momentum, weight decay, ...) and of the clipping
 thresholds (:func:`group_key`). The members are ordered so that equal hyperparameters are
-contiguous, rows ``a_j .. b_j`` of every stacked tensor, and the optimizer gets one param
-group per distinct set: group ``j`` holds the views ``S[a_j:b_j]`` (its steps write into the
-stacked tensors) with the group keys an optimizer built with that set has, so each group's
+contiguous, rows ``a_j .. b_j`` of every buffer, and the optimizer gets one param group per
+distinct set: group ``j`` holds the buffers' views ``B[a_j:b_j]`` (its steps write into the
+buffers) with the group keys an optimizer built with that set has, so each group's
 rules run with their own hyperparameters on their own members; each group has its own
 learning-rate schedule. What is not elementwise is done per member, with per-member
 thresholds (tensors with the population axis): the gradient norm that is measured, the
@@ -45,8 +51,9 @@ record written at that moment; before the next step the finished members leave t
 (``population_stack.Stack.compact``: the rows of the members still training are kept, in the
 stacked parameters and in every optimizer state, exactly). With ``fused=True`` (a new
 optimizer would compile again) they stay, their gradients set to zero before every step, so
-the optimizer's non-finite check never refuses the population's step for them, and the
-elementwise rules keep whatever their slices hold inside their slices. Under ``"ignore"`` nothing
+the population's screen never refuses a step for them, and the elementwise rules keep
+whatever their slices hold inside their slices. The population's optimizer itself does not
+check (``nonfinite="ignore"``): the population has screened each member. Under ``"ignore"`` nothing
 is checked, as in the sequential run: inf or NaN stay in the member's slice (elementwise
 rules, per-member clipping) until its loss diverges. ``"skip"`` is not batchable (one
 member's skipped step would have to be left out of the population's step).
@@ -58,15 +65,19 @@ inspected only for a member whose norm is not finite (which may also be an overf
 
 **Data** comes from the task's :meth:`~optimlab.lab.tasks.Task.population_batches`: all
 members' batches of a step, stacked, each member's exactly the batch its own stream would
-give it (one gather for all members on the data tasks). **Evaluations** stay each member's
-own (``task.evaluate()``): on the CPU an evaluation is a forward pass over the whole data set,
-bound by its matrix products, and batching the members' evaluations (``vmap``: batched
-matrix products) measured slower, not faster, than evaluating them one by one.
+give it (one gather for all members on the data tasks). **Evaluations**: the members due to
+evaluate after a step (each member keeps its own evaluation grid, which depends on its own
+metrics) are evaluated together where the task offers it
+(:meth:`~optimlab.lab.tasks.Task.population_metrics`: plain MLPs, in chunks of a few
+members; measured on the 2-core CPU, 0.3 ms per member against 0.47 ms for its own
+``evaluate``), else each with its own ``task.evaluate()``. (Batching all members' evaluations
+with ``vmap`` measured slower than evaluating them one by one: 7 MB per layer output for
+16 members left the cache, and their page faults cost more than the products.)
 
 **Equality.** Batched matrix products may sum in another order than the sequential run's, so
 records agree to rounding, not always bit for bit (``tests/test_population.py`` states the
-tolerances; measured on the CPU: mlp-digits parameters and evaluations bit-identical, its
-mini-batch losses to 3.3e-7 relative).
+tolerances; measured on the CPU, one thread: mlp-digits parameters and evaluations
+bit-identical, its mini-batch losses to 3.3e-7 relative).
 
 **Time.** A member's time fields (``train_seconds``, ``warmup_seconds``,
 ``seconds_per_step``, ``time_to_target``, the curves' ``time``) are the population's: one
@@ -113,11 +124,23 @@ class _Member(_Run):
 
     def __init__(self, config: RunConfig, task: Task, optimizer: torch.optim.Optimizer,
                  device: torch.device, lr_scale: float, size: int, group: int,
-                 group_size: int, layout: Layout) -> None:
+                 group_size: int, layout: Layout, row: int) -> None:
         super().__init__(config, task, optimizer, device, None, lr_scale)
         self.size, self.group, self.group_size = size, group, group_size
         self.layout = layout
+        #: the member's index among the population's tasks (its rows of their stacked data)
+        self.row = row
+        #: the metrics of the current parameters, computed with other members' by the task's
+        #: population metrics; taken by the member's next evaluation
+        self.batched: dict[str, float] | None = None
         self.record: RunRecord | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """The metrics the population computed for this evaluation, else the task's own."""
+        if self.batched is not None:
+            metrics, self.batched = self.batched, None
+            return metrics
+        return super().metrics()
 
     def schedule(self) -> schedules.Schedule:
         """The member's learning-rate schedule, from its own group's lr."""
@@ -260,13 +283,16 @@ class _Population:
                 for p, s in zip(task.parameters(), layout.views(buffers), strict=True):
                     p.data = s[m]  # the member's parameter is its slice
             bounds = group_bounds([first_seen[hyperparameter_key(m[3])] for m in planned])
-            optimizer = self._optimizer(planned[0][2].optimizer, buffers, bounds,
-                                        [planned[a][3] for a, _ in bounds])
+            optimizer, refuse = self._optimizer(planned[0][2].optimizer, buffers, bounds,
+                                                [planned[a][3] for a, _ in bounds])
             members = [_Member(config, task, optimizer, self.device, scale, len(tasks), j,
-                               b - a, layout)
+                               b - a, layout, row)
                        for j, (a, b) in enumerate(bounds)
-                       for _, task, config, _, scale in planned[a:b]]
+                       for row, (_, task, config, _, scale) in enumerate(planned[a:b], a)]
+            metrics_fn = first.population_metrics([task for _, task in tasks])
             stage = "training"
+            if metrics_fn is not None:  # the step-0 evaluations, together
+                self._evaluate(members, members, layout.views(buffers), metrics_fn)
             for m in members:
                 m.begin(scheduled=False)
                 m.wall0 = wall0
@@ -285,8 +311,8 @@ class _Population:
             return
         grad_fn = first.population_gradients() or self._vmapped_gradients(first, names)
         stack = Stack(list(members), layout, buffers, bounds, optimizer, scheduler,
-                       planned[0][2].optimizer, planned[0][3])
-        self._loop(stack, grad_fn, stream)
+                       planned[0][2].optimizer, {**planned[0][3], "nonfinite": "ignore"})
+        self._loop(stack, grad_fn, stream, metrics_fn, refuse)
         for (i, _), m in zip(tasks, members, strict=True):
             if m.record is None:
                 m.close()
@@ -294,17 +320,21 @@ class _Population:
 
     @staticmethod
     def _optimizer(name: str, buffers: list[Tensor], bounds: list[tuple[int, int]],
-                   hypers: list[dict[str, Any]]) -> torch.optim.Optimizer:
+                   hypers: list[dict[str, Any]]) -> tuple[torch.optim.Optimizer, bool]:
         """The population's optimizer: param group ``j`` holds rows ``a_j..b_j`` of every
         parameter buffer (views: the steps write into the buffers) with the group keys an
-        optimizer built with ``hypers[j]`` has."""
+        optimizer built with ``hypers[j]`` has; and whether the members' optimizers refuse
+        non-finite gradients (``nonfinite="raise"``). The population screens its members'
+        gradients itself (each member's own refusal), so its optimizer does not check them
+        again (``nonfinite="ignore"``: the screen costs a pass over the gradients)."""
         probe = [nn.Parameter(torch.zeros(1))]
         groups = []
         for (a, b), hyper in zip(bounds, hypers, strict=True):
             keys = {k: v for k, v in build_optimizer(name, probe, hyper).param_groups[0].items()
                     if k != "params"}
             groups.append({"params": [buffer[a:b] for buffer in buffers], **keys})
-        return build_optimizer(name, groups, hypers[0])
+        refuse = getattr(build_optimizer(name, probe, hypers[0]), "nonfinite", None) == "raise"
+        return build_optimizer(name, groups, {**hypers[0], "nonfinite": "ignore"}), refuse
 
     @staticmethod
     def _vmapped_gradients(task: Task, names: list[str]) -> Any:
@@ -325,9 +355,9 @@ class _Population:
 
         return gradients
 
-    def _loop(self, stack: Stack, grad_fn: Any, stream: Iterator[Any]) -> None:
+    def _loop(self, stack: Stack, grad_fn: Any, stream: Iterator[Any], metrics_fn: Any,
+              refuse: bool) -> None:
         task = stack.members[0].task
-        refuse = getattr(stack.optimizer, "nonfinite", "raise") == "raise"
         dead: list[int] = []
         for k, m in enumerate(stack.members):
             if not m.active():
@@ -377,6 +407,9 @@ class _Population:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 dt = time.perf_counter() - t0
+                if metrics_fn is not None:
+                    self._evaluate([members[k] for k in measured if members[k].record is None],
+                                   members, stacked, metrics_fn)
             except (Exception, SystemExit) as e:  # every member still training fails
                 for k in live:
                     if members[k].record is None:
@@ -391,9 +424,26 @@ class _Population:
                     m.complete_step(values[k], dt)
                 except (Exception, SystemExit) as e:
                     m.stop(e)
+                m.batched = None  # not taken by a member that diverged before evaluating
                 if not m.active():
                     m.close()
                     dead.append(k)
+
+    @staticmethod
+    def _evaluate(due: list[_Member], members: list[_Member], stacked: list[Tensor],
+                  metrics_fn: Any) -> None:
+        """The metrics of the members ``due`` to evaluate now, computed together by the
+        task's population metrics (``stacked``: the parameters of ``members``, one row each)
+        and handed to each member's next evaluation."""
+        if not due:
+            return
+        if len(due) == len(members):
+            params = [s.detach() for s in stacked]
+        else:
+            index = torch.tensor([members.index(m) for m in due], device=stacked[0].device)
+            params = [s.detach().index_select(0, index) for s in stacked]
+        for m, metrics in zip(due, metrics_fn(params, [m.row for m in due]), strict=True):
+            m.batched = metrics
 
     @staticmethod
     def _refuse(member: _Member, grads: list[Tensor]) -> None:

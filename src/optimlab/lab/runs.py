@@ -578,9 +578,15 @@ class _Run:
             self.counts += ev
             self.closure_evals += ev.function + HVP_COST * ev.hvp
 
-    def evaluate(self, at: int) -> dict[str, float]:
+    def metrics(self) -> dict[str, float]:
+        """The task's metrics of the current parameters (with the optimizer's evaluation
+        weights, where it has them)."""
         with evaluation_weights(self.optimizer):
-            metrics = {k: float(v) for k, v in self.task.evaluate().items()}
+            return {k: float(v) for k, v in self.task.evaluate().items()}
+
+    def evaluate(self, at: int) -> dict[str, float]:
+        """The metrics at step ``at``, appended to the evaluation series."""
+        metrics = self.metrics()
         ev = self.evals
         ev["step"].append(at)
         ev["time"].append(self.train_time)

@@ -180,5 +180,10 @@ def classification_metrics(task: Task) -> dict[str, float]:
         logits = task.model(x)
         metrics[f"{split}_loss"] = float(F.cross_entropy(logits, y))
         metrics[f"{split}_accuracy"] = float((logits.argmax(-1) == y).float().mean())
+    return with_generalization_gap(metrics)
+
+
+def with_generalization_gap(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` with ``generalization_gap = test_loss - train_loss`` added."""
     metrics["generalization_gap"] = metrics["test_loss"] - metrics["train_loss"]
     return metrics

@@ -130,6 +130,17 @@ class Task(ABC):
         member's own model up to rounding."""
         return None
 
+    def population_metrics(self, members: Sequence[Task]) -> Callable[
+            [Sequence[Tensor], Sequence[int]], list[dict[str, float]]] | None:
+        """A faster way to evaluate several members of the population ``members`` (tasks like
+        this one, set up) at once, or ``None``: each member then calls its own
+        :meth:`evaluate`.
+
+        The function returned takes stacked parameters, one row per member to evaluate, and
+        those members' indices into ``members``; it returns their :meth:`evaluate` metrics,
+        equal to what each member's own call gives up to rounding."""
+        return None
+
     def population_batches(self, members: Sequence[Task], batch_size: int | None,
                            generators: Sequence[torch.Generator]) -> Iterator[Batch]:
         """The training batches of a population's ``members`` (tasks like this one, each set

@@ -95,7 +95,12 @@ from ._common import (
 from .base import Batch, Task, TaskInfo
 from .convex import _load, _split, _standardize
 from .registry import register
-from .stacked import StackedGradients, cross_entropy_gradients
+from .stacked import (
+    StackedGradients,
+    StackedMetrics,
+    classification_metrics_of,
+    cross_entropy_gradients,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -276,6 +281,11 @@ class DigitsTask(Task):
         (:func:`~optimlab.lab.tasks.stacked.cross_entropy_gradients`); ``None`` (vmap) for
         other models."""
         return cross_entropy_gradients(self.model)
+
+    def population_metrics(self, members: Sequence[Task]) -> StackedMetrics | None:
+        """The members' :meth:`evaluate` in chunks of stacked forward passes, for a plain MLP
+        (:class:`~optimlab.lab.tasks.stacked.ClassificationMetrics`); else ``None``."""
+        return classification_metrics_of(self.model, members)
 
 
 class MLPDigitsTask(DigitsTask):
