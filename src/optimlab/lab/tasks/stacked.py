@@ -26,7 +26,7 @@ by ``1/n``:
 ``nn.Linear`` and ``F.cross_entropy``, applied to each member's slice:
 
 - ``dz_L`` is ``_log_softmax_backward_data`` of ``nll_loss``'s mean-reduction gradient
-  (``-1/n`` at the targets, divided in fp32 as ``nll_loss`` divides);
+  (``-1/n`` at the targets, divided in the parameters' dtype as ``nll_loss`` divides);
 - ``f'`` is ``threshold_backward`` (ReLU) or ``tanh_backward``, applied to the layer's output;
 - ``dW_l`` is formed in ``nn.Linear``'s layout as ``dz^T a``. autograd's ``bmm`` rule would
   form ``a^T dz`` and transpose it, which rounds differently.
@@ -42,7 +42,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -127,10 +126,12 @@ def cross_entropy_gradients(model: nn.Module) -> StackedGradients | None:
         index = y.unsqueeze(2)
         n = y.shape[1]
         losses = -logp.gather(2, index).squeeze(2).mean(1)
-        # nll_loss's mean-reduction gradient: -grad / total_weight, an fp32 division
-        scale = float(np.float32(-1.0) / np.float32(n))
+        # nll_loss's mean-reduction gradient: -grad / total_weight, a division in the
+        # parameters' dtype
+        scale = torch.full((), -1.0, dtype=logp.dtype, device=logp.device) / n
         grad = torch._log_softmax_backward_data(
-            torch.zeros_like(logp).scatter_(2, index, scale), logp, -1, logp.dtype)
+            torch.zeros_like(logp).scatter_(2, index, scale.expand(index.shape)), logp, -1,
+            logp.dtype)
         grads: list[Tensor] = []
         for k in range(len(layers) - 1, -1, -1):
             has_bias, _ = layers[k]
