@@ -149,6 +149,24 @@ def test_groups_smaller_than_the_minimum_run_one_at_a_time(
     assert [len(_seeds(i)) for i in Grouping(nine, cap=4).items(nine)] == [1] * 9
 
 
+def test_written_out_populations_form_from_two_members(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batching, "MIN_POPULATION", 4)  # the lab's own values
+    monkeypatch.setattr(batching, "MIN_WRITTEN_OUT_POPULATION", 2)
+    # mlp-digits (a plain MLP: written-out gradients) and quadratic (vmap), two seeds each
+    runs = plan(_spec(tasks=("mlp-digits", "quadratic"), seeds=(0, 1)))
+    grouping = Grouping(runs)
+    items = grouping.items(runs)
+    pops = [i for i in items if isinstance(i, PopulationRun)]
+    assert [(p.runs[0].config.task, _seeds(p)) for p in pops] == [("mlp-digits", [0, 1])]
+    assert sum(isinstance(i, PlannedRun) for i in items) == 2  # quadratic's runs alone
+    # a CNN is differentiated with vmap: its two seeds run alone
+    cnn = plan(_spec(tasks=("cnn-digits",), seeds=(0, 1)))
+    assert Grouping(cnn).items(cnn) == cnn
+    # an explicit minimum holds for every group
+    assert Grouping(runs, smallest=3).items(runs) == runs
+
+
 def test_population_off_runs_every_run_alone() -> None:
     runs = plan(_spec())
     grouping = Grouping(runs, "off")

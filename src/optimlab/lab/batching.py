@@ -6,9 +6,11 @@ optimizer hyperparameters and clipping thresholds: an arm's seeds, and the arms 
 over such values) are one :class:`PopulationRun`: trained as one program by
 :func:`~optimlab.lab.population.execute_population`, which returns one record per member,
 equal to the records the runs give one by one apart from wall-clock fields. A group larger
-than :data:`MAX_POPULATION` is split into near-equal populations; a group of fewer than
-:data:`MIN_POPULATION` runs one run at a time, as without populations (measured: a population
-of 3 mlp-digits runs is no faster than the 3 runs alone on the 2-core CPU; see the constant).
+than :data:`MAX_POPULATION` is split into near-equal populations; a group of fewer than its
+minimum runs one run at a time, as without populations: :data:`MIN_WRITTEN_OUT_POPULATION`
+members where the task writes out its population's gradients
+(:meth:`~optimlab.lab.tasks.Task.population_gradients`), else :data:`MIN_POPULATION` (measured
+on the 2-core CPU; see the constants).
 
 The executor sees a population as one item: one worker trains it, its records are stored
 together when it finishes, and when it fails (it raises, or its worker dies twice) every member
@@ -29,25 +31,30 @@ import torch
 from .population import execute_population
 from .population_groups import batchable, group_key
 from .runs import execute, failed_record
-from .schema import RunRecord
+from .schema import RunConfig, RunRecord
+from .tasks import make_task
 
 if TYPE_CHECKING:
     from .study import PlannedRun
 
-__all__ = ["MAX_POPULATION", "MIN_POPULATION", "POPULATION_MODES", "Grouping", "PopulationRun",
-           "failed_records", "run_item"]
+__all__ = ["MAX_POPULATION", "MIN_POPULATION", "MIN_WRITTEN_OUT_POPULATION", "POPULATION_MODES",
+           "Grouping", "PopulationRun", "failed_records", "run_item"]
 
 #: ``"auto"``: batchable runs of one group train as populations; ``"off"``: every run alone.
 POPULATION_MODES = ("auto", "off")
 #: The most members one population has (a larger group is split into near-equal ones).
 MAX_POPULATION = 64
-#: The fewest members a population has: smaller groups run one run at a time. A population's
-#: step has a fixed cost (vmap's machinery, one optimizer step, ~1.5 ms on the 2-core CPU)
-#: that a few members do not repay: measured (adam, 1000 steps, one thread, paired rounds),
-#: P members vs P runs alone: mlp-digits 0.87x at P = 3, 1.18x at 4, 1.47x at 6;
-#: logreg-breast-cancer 1.10x at 3, 2.0x at 6; and the default ``optimlab compare`` (three
-#: seeds per arm) took 83 s with populations of 3 against 66 s without.
+#: The fewest members a population differentiated with ``vmap`` has: smaller groups run one
+#: run at a time. Its step has a fixed cost (vmap's machinery, one optimizer step, ~1.5 ms on
+#: the 2-core CPU) that a few members do not repay: measured (adam, 1000 steps, one thread,
+#: paired rounds), P members vs P runs alone: mlp-digits (then on vmap) 0.87x at P = 3, 1.18x
+#: at 4, 1.47x at 6; logreg-breast-cancer 1.10x at 3, 2.0x at 6 (again: 0.67x at 2, 1.0x at
+#: 3, and 0.81x inside the default ``optimlab compare``); rosenbrock 0.96x at 2, 1.27x at 3.
 MIN_POPULATION = 4
+#: The fewest members of a population whose task writes out its gradients (plain MLPs): its
+#: step costs less than a run's own step even for two members. Measured as above: mlp-digits
+#: 2.1x at P = 2, 2.5x at P = 3.
+MIN_WRITTEN_OUT_POPULATION = 2
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,9 @@ class Grouping:
         runs: the study's runs (the group of each is computed once, here).
         mode: one of :data:`POPULATION_MODES`.
         cap: the most members of a population.
-        smallest: the fewest members of a population (default :data:`MIN_POPULATION`).
+        smallest: the fewest members of a population (default: per group,
+            :data:`MIN_WRITTEN_OUT_POPULATION` where the task writes out the population's
+            gradients, else :data:`MIN_POPULATION`).
     """
 
     def __init__(self, runs: Sequence[PlannedRun], mode: str = "auto",
@@ -90,12 +99,15 @@ class Grouping:
         if mode not in POPULATION_MODES:
             raise ValueError(f"population must be one of {', '.join(POPULATION_MODES)}, "
                              f"got {mode!r}")
+        fixed = smallest is not None
         smallest = MIN_POPULATION if smallest is None else smallest
-        if smallest < 2 or cap < smallest:
+        if smallest < 2 or cap < (smallest if fixed else 2):
             raise ValueError(f"a population has at least 2 members and the cap is at least "
                              f"the smallest population, got {smallest} and a cap of {cap}")
         self.mode, self.cap, self.smallest = mode, cap, smallest
         self.group: dict[str, Hashable | None] = {}
+        #: the fewest members of each group's populations
+        self.minimum: dict[Hashable, int] = {}
         #: ``{reason: [labels of the arms it kept from forming a population]}``.
         self.reasons: dict[str, list[str]] = {}
         if mode == "off":
@@ -108,7 +120,10 @@ class Grouping:
                 continue
             reason = batchable(r.config)
             if reason is None:
-                self.group[r.key] = group_key(r.config)
+                key = self.group[r.key] = group_key(r.config)
+                if key not in self.minimum:
+                    self.minimum[key] = (smallest if fixed or not _written_out(r.config)
+                                         else MIN_WRITTEN_OUT_POPULATION)
                 continue
             self.group[r.key] = None
             if arms[(r.config.task, r.label)] >= smallest:  # it would have formed one
@@ -128,11 +143,12 @@ class Grouping:
                 groups.setdefault(g, []).append(r)
         first: dict[str, PopulationRun] = {}
         grouped: set[str] = set()
-        for members in groups.values():
-            if len(members) < self.smallest:
+        for g, members in groups.items():
+            least = self.minimum.get(g, self.smallest)
+            if len(members) < least:
                 continue
             for chunk in _chunks(members, self.cap):
-                if len(chunk) >= self.smallest:
+                if len(chunk) >= least:
                     first[chunk[0].key] = PopulationRun(tuple(chunk))
                     grouped.update(m.key for m in chunk)
         out: list[PlannedRun | PopulationRun] = []
@@ -147,6 +163,12 @@ class Grouping:
         """One line per reason that kept runs from training as a population."""
         return [f"run one at a time, not as a population ({reason}): {', '.join(arms)}"
                 for reason, arms in self.reasons.items()]
+
+
+def _written_out(config: RunConfig) -> bool:
+    """Whether the task of ``config`` writes out its population's gradients (asked before any
+    setup: it depends only on the task's options)."""
+    return make_task(config.task, **config.task_options).population_gradients() is not None
 
 
 def run_item(item: PlannedRun | PopulationRun) -> RunRecord | list[RunRecord]:

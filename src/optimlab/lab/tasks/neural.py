@@ -279,8 +279,9 @@ class DigitsTask(Task):
     def population_gradients(self) -> StackedGradients | None:
         """The written-out gradients of a plain MLP
         (:func:`~optimlab.lab.tasks.stacked.cross_entropy_gradients`); ``None`` (vmap) for
-        other models."""
-        return cross_entropy_gradients(self.model)
+        other models. Depends only on the options (the model's structure), so it may be
+        asked before :meth:`setup`."""
+        return cross_entropy_gradients(build_seeded(0, self._build_model))
 
     def population_metrics(self, members: Sequence[Task]) -> StackedMetrics | None:
         """The members' :meth:`evaluate` in chunks of stacked forward passes, for a plain MLP
