@@ -116,6 +116,17 @@ def test_full_budget_members_equal_sequential_runs(optimizer: str,
     assert all(r.status == "ok" for r in pop)
 
 
+@pytest.mark.parametrize("task", ["logreg-breast-cancer", "softmax-digits",
+                                  "least-squares-diabetes"])
+def test_convex_members_equal_sequential_runs(task: str) -> None:
+    # the linear models' written-out gradients (float64), momentum, Nesterov and Adam with
+    # clipping
+    _check(_configs(task, "momentum", [0, 1], steps=150))
+    _check(_configs(task, "nesterov", [0, 1], steps=40))
+    pop = _check(_configs(task, "adam", [0, 1, 2], steps=150, clip_norm=0.5))
+    assert len({r.final["train_loss"] for r in pop}) == 3
+
+
 def test_diverging_member_is_recorded_and_the_others_go_on() -> None:
     # lr 2e-3 with gradient noise 10 on Rosenbrock: seed 4 diverges at step 7, 3 and 5 do not.
     configs = _configs("rosenbrock", "sgd", [3, 4, 5], steps=200, hyperparams={"lr": 2e-3},
@@ -146,10 +157,6 @@ def test_fused_optimizer_members_equal_sequential_runs() -> None:
     _check(_sweep("mlp-digits", "adamw", [{"lr": 1e-3, "fused": True},
                                           {"lr": 3e-3, "fused": True}], [0, 1],
                   steps=30, clip_norm=0.5)[:3])
-
-
-def test_convex_members_equal_sequential_runs() -> None:
-    _check(_configs("softmax-digits", "nesterov", [0, 1], steps=40))
 
 
 def test_group_key_ignores_the_seed_and_hyperparameter_values() -> None:

@@ -78,6 +78,30 @@ def test_frozen_parameters_and_cnn_get_no_written_out_paths() -> None:
     assert mlp.population_gradients() is not None
 
 
+@pytest.mark.parametrize("task", ["logreg-breast-cancer", "softmax-digits",
+                                  "least-squares-diabetes"])
+@pytest.mark.parametrize("rows", [32, 21])
+def test_linear_gradients_equal_each_members_own_backward(task: str, rows: int) -> None:
+    # float64 (the convex tasks' default dtype); the L2 penalty is on (l2 > 0 by default)
+    tasks = [make_task(task) for _ in range(3)]
+    for seed, t in enumerate(tasks):
+        t.setup(seed)
+    assert tasks[0].l2 > 0
+    gen = torch.Generator().manual_seed(0)
+    index = [torch.randperm(t.n_train, generator=gen)[:rows] for t in tasks]
+    x = torch.stack([t.x_train[i] for t, i in zip(tasks, index, strict=True)])
+    y = torch.stack([t.y_train[i] for t, i in zip(tasks, index, strict=True)])
+    params = [torch.stack(ps).detach() for ps in zip(*(t.parameters() for t in tasks),
+                                                       strict=True)]
+    grads, losses = tasks[0].population_gradients()(params, (x, y))
+    for i, t in enumerate(tasks):
+        loss = t.loss((x[i], y[i]))
+        expected = torch.autograd.grad(loss, t.parameters())
+        torch.testing.assert_close(losses[i], loss.detach(), rtol=RTOL, atol=ATOL)
+        for g, e in zip(grads, expected, strict=True):
+            torch.testing.assert_close(g[i], e, rtol=RTOL, atol=ATOL)
+
+
 def _float64_tasks(n: int, **options: object) -> list:
     tasks = []
     for seed in range(n):

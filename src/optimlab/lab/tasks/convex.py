@@ -72,6 +72,7 @@ from torch import Tensor, nn
 from ._common import check_batch_size, check_real, epoch_batches, stacked_epoch_batches
 from .base import Batch, Task, TaskInfo
 from .registry import register
+from .stacked import StackedGradients, linear_gradients
 
 __all__ = [
     "ConvexTask",
@@ -205,6 +206,9 @@ class ConvexTask(Task):
     n_outputs: int
     classifier: bool
     optimal_parameters: tuple[Tensor, Tensor]
+    #: :meth:`_data_loss` by its name in :data:`~optimlab.lab.tasks.stacked.LINEAR_LOSSES`
+    #: (the population's written-out gradients)
+    data_loss_name: str
 
     def __init__(self, *, name: str, description: str, steps: int, l2: float, dtype: Any,
                  allow_zero_l2: bool = False) -> None:
@@ -235,6 +239,11 @@ class ConvexTask(Task):
     def population_obstacle(self) -> str | None:
         """None: ``loss`` is a pure function of ``(W, b)`` and the batch."""
         return None
+
+    def population_gradients(self) -> StackedGradients:
+        """The written-out gradients of the regularized linear model
+        (:func:`~optimlab.lab.tasks.stacked.linear_gradients`)."""
+        return linear_gradients(self.data_loss_name, self.l2)
 
     def setup(self, seed: int = 0, device: torch.device | str = "cpu") -> None:
         seed = int(seed)
@@ -346,6 +355,7 @@ class LogisticRegressionTask(ConvexTask):
     dataset = "breast_cancer"
     n_outputs = 1
     classifier = True
+    data_loss_name = "bce_with_logits"
 
     def _data_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype))
@@ -379,6 +389,7 @@ class SoftmaxRegressionTask(ConvexTask):
     dataset = "digits"
     n_outputs = 10
     classifier = True
+    data_loss_name = "cross_entropy"
 
     def _data_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits, y)
@@ -417,6 +428,7 @@ class LeastSquaresTask(ConvexTask):
     dataset = "diabetes"
     n_outputs = 1
     classifier = False
+    data_loss_name = "mse"
 
     def _prepare_targets(self, *ys: np.ndarray) -> list[np.ndarray]:
         train = ys[0].astype(np.float64)

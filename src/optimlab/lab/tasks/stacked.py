@@ -44,12 +44,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import with_generalization_gap
 
-__all__ = ["ClassificationMetrics", "StackedGradients", "StackedMetrics",
-           "classification_metrics_of", "cross_entropy_gradients"]
+__all__ = ["LINEAR_LOSSES", "ClassificationMetrics", "StackedGradients", "StackedMetrics",
+           "classification_metrics_of", "cross_entropy_gradients", "linear_gradients"]
 
 #: ``(params, batch) -> (grads, losses)``: the stacked parameters (``(P, *shape)`` each, in
 #: ``task.parameters()`` order) and a stacked batch give each member's gradients (same shapes)
@@ -107,6 +108,62 @@ def _forward(layers: list[tuple[bool, type[nn.Module] | None]], params: Sequence
     return outputs, weights
 
 
+def _cross_entropy(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``F.cross_entropy(z_i, y_i)`` (mean over the rows) of every member and its gradient
+    w.r.t. ``z`` (shapes ``(P, n, C)``, ``(P, n)``): ``_log_softmax_backward_data`` of
+    ``nll_loss``'s mean-reduction gradient, ``-1/n`` at the targets, a division in ``z``'s
+    dtype as ``nll_loss`` divides."""
+    logp = torch.log_softmax(z, -1)
+    index = y.unsqueeze(2)
+    losses = -logp.gather(2, index).squeeze(2).mean(1)
+    scale = torch.full((), -1.0, dtype=logp.dtype, device=logp.device) / y.shape[1]
+    grad = torch._log_softmax_backward_data(
+        torch.zeros_like(logp).scatter_(2, index, scale.expand(index.shape)), logp, -1,
+        logp.dtype)
+    return losses, grad
+
+
+def _bce_with_logits(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``F.binary_cross_entropy_with_logits(z_i.squeeze(-1), y_i)`` (mean over the rows) of
+    every member and its gradient w.r.t. ``z`` (shape ``(P, n, 1)``): ``(sigmoid(z) - y) / n``,
+    its backward's formula and order."""
+    logit, target = z.squeeze(-1), y.to(z.dtype)
+    losses = F.binary_cross_entropy_with_logits(logit, target, reduction="none").mean(1)
+    return losses, (torch.sigmoid(logit) - target).div_(y.shape[1]).unsqueeze(-1)
+
+
+def _mse(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``F.mse_loss(z_i.squeeze(-1), y_i)`` (mean over the rows) of every member and its
+    gradient w.r.t. ``z`` (shape ``(P, n, 1)``): ``(z - y) * (2 / n)``, its backward's formula
+    and order."""
+    diff = z.squeeze(-1) - y.to(z.dtype)
+    return diff.square().mean(1), (diff * (2.0 / y.shape[1])).unsqueeze(-1)
+
+
+#: The data losses of linear models (:func:`linear_gradients`), by name.
+LINEAR_LOSSES: dict[str, Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = {
+    "cross_entropy": _cross_entropy, "bce_with_logits": _bce_with_logits, "mse": _mse}
+
+
+def _backward(layers: list[tuple[bool, type[nn.Module] | None]], outputs: list[Tensor],
+              weights: list[Tensor], grad: Tensor) -> list[Tensor]:
+    """The parameters' gradients of a stacked MLP (:func:`_forward`'s ``outputs`` and
+    ``weights``) from the gradient ``grad`` w.r.t. its output, in ``parameters()`` order."""
+    grads: list[Tensor] = []
+    for k in range(len(layers) - 1, -1, -1):
+        has_bias, _ = layers[k]
+        if has_bias:
+            grads.append(grad.sum(1))
+        grads.append(torch.bmm(grad.transpose(1, 2), outputs[k]))
+        if k > 0:
+            grad = torch.bmm(grad, weights[k])
+            act = layers[k - 1][1]
+            if act is not None:
+                grad = _BACKWARD[act](grad, outputs[k])
+    grads.reverse()
+    return grads
+
+
 def cross_entropy_gradients(model: nn.Module) -> StackedGradients | None:
     """The stacked gradients of ``F.cross_entropy(model(x), y)`` (mean over the batch) for a
     plain MLP ``model`` (module docstring), or ``None`` for any other model.
@@ -122,29 +179,36 @@ def cross_entropy_gradients(model: nn.Module) -> StackedGradients | None:
                                                                                 Tensor]:
         x, y = batch
         outputs, weights = _forward(layers, params, x)
-        logp = torch.log_softmax(outputs[-1], -1)
-        index = y.unsqueeze(2)
-        n = y.shape[1]
-        losses = -logp.gather(2, index).squeeze(2).mean(1)
-        # nll_loss's mean-reduction gradient: -grad / total_weight, a division in the
-        # parameters' dtype
-        scale = torch.full((), -1.0, dtype=logp.dtype, device=logp.device) / n
-        grad = torch._log_softmax_backward_data(
-            torch.zeros_like(logp).scatter_(2, index, scale.expand(index.shape)), logp, -1,
-            logp.dtype)
-        grads: list[Tensor] = []
-        for k in range(len(layers) - 1, -1, -1):
-            has_bias, _ = layers[k]
-            if has_bias:
-                grads.append(grad.sum(1))
-            grads.append(torch.bmm(grad.transpose(1, 2), outputs[k]))
-            if k > 0:
-                grad = torch.bmm(grad, weights[k])
-                act = layers[k - 1][1]
-                if act is not None:
-                    grad = _BACKWARD[act](grad, outputs[k])
-        grads.reverse()
-        return grads, losses
+        losses, grad = _cross_entropy(outputs[-1], y)
+        return _backward(layers, outputs, weights, grad), losses
+
+    return gradients
+
+
+def linear_gradients(loss: str, l2: float) -> StackedGradients:
+    """The stacked gradients of an L2-regularized linear model ``z = x W^T + b``:
+    ``L = loss(z, y) + (l2 / 2) (||W||^2 + ||b||^2)``, ``loss`` one of :data:`LINEAR_LOSSES`
+    (mean over the batch). Each member's gradient is the data term's (:func:`_backward` of
+    the loss's gradient) plus the penalty's, ``(2 p) * (l2 / 2)`` in autograd's order (the
+    derivative of ``p.pow(2)`` times the incoming ``l2 / 2``).
+
+    Unlike the MLP's, these gradients agree with autograd's to rounding, not always bit for
+    bit: the sigmoid of the logistic loss is vectorized over the stacked rows, and its last
+    few elements may be computed by the scalar path in one layout and the vector path in the
+    other (the vmap path has the same property)."""
+    head = LINEAR_LOSSES[loss]
+    layers: list[tuple[bool, type[nn.Module] | None]] = [(True, None)]
+    half = 0.5 * l2
+
+    def gradients(params: Sequence[Tensor], batch: tuple[Tensor, ...]) -> tuple[list[Tensor],
+                                                                                Tensor]:
+        x, y = batch
+        outputs, weights = _forward(layers, params, x)
+        losses, grad = head(outputs[-1], y)
+        grads = _backward(layers, outputs, weights, grad)
+        penalty = sum(p.square().flatten(1).sum(1) for p in params)
+        return ([g + (p * 2.0) * half for g, p in zip(grads, params, strict=True)],
+                losses + half * penalty)
 
     return gradients
 
