@@ -4,20 +4,22 @@ sequential runs and the populations as they are, measured in the same run.
 A population saves per-operation overhead, not arithmetic: its members' matrix products,
 evaluations and optimizer updates are still all computed. This script measures, on this
 machine and with ``--threads`` torch threads, the cost of that arithmetic with no overhead
-beyond one call per operation for all members:
+beyond one call per operation for all members, through the same functions a population
+calls:
 
-- **gradients**: the MLP's forward and backward pass for P members at once, written by hand as
-  batched matrix products (``baddbmm``; one ``autograd.grad`` of the sum of the members'
-  losses, which gives each member its own gradient exactly: no member's loss depends on another
-  member's parameters);
-- **update**: one step of the lab optimizer over the stacked ``(P, ...)`` tensors;
-- **evaluations**: each member's forward pass over every split, batched the same way, as many
-  times per run as a sequential run of the same config evaluates (its record says how many;
-  the losses and accuracies from those logits cost on top, so this is a floor too).
+- **gradients**: the task's written-out gradients of P members at once
+  (``task.population_gradients()``: batched matrix products forward and backward);
+- **update**: one step of the lab optimizer over one flat ``(P, N)`` buffer (the
+  population's layout);
+- **evaluation**: the task's metrics of all P members at once (``task.population_metrics``:
+  chunks of batched forward passes), as many times per run as a sequential run of the same
+  config evaluates (its record says how many).
 
-The *floor rate* is ``P`` runs in ``steps * (gradients + update) + evaluations * P * forward``
+The *floor rate* is ``P`` runs in ``steps * (gradients + update) + evaluations * evaluation``
 seconds; its ratio to the measured sequential rate is the largest speed-up a population could
-show, however its overhead were cut. The measured population rate is printed beside it.
+show with these kernels, however its bookkeeping (each member's records, divergence rule,
+evaluation grid, data stream, clipping) were cut. The measured population rate is printed
+beside it.
 
     python benchmarks/population_floor.py                 # P 4,16,64, 1 thread
     python benchmarks/population_floor.py --threads 2
@@ -35,8 +37,6 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 from optimlab.lab.optimizers import build_optimizer
 from optimlab.lab.population import execute_population
@@ -58,55 +58,29 @@ def _per_call(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(blocks)
 
 
-def _linears(model: nn.Module) -> list[nn.Linear]:
-    layers = list(model.children()) if isinstance(model, nn.Sequential) else []
-    if not layers or not all(isinstance(m, (nn.Linear, nn.ReLU)) for m in layers):
-        sys.exit("the floor is written for an MLP of Linear and ReLU layers (mlp-digits' "
-                 "default); got another model")
-    return [m for m in layers if isinstance(m, nn.Linear)]
-
-
-def _batched_forward(weights: list[Tensor], x: Tensor) -> Tensor:
-    """The MLP on ``x`` of shape ``(P, n, features)`` with stacked weights (W, b pairs)."""
-    h = x
-    pairs = list(zip(weights[0::2], weights[1::2], strict=True))
-    for i, (w, b) in enumerate(pairs):
-        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-        if i < len(pairs) - 1:
-            h = h.relu()
-    return h
-
-
 def floor_seconds(config: RunConfig, p: int, evaluations: int) -> dict[str, float]:
     """Seconds of the floor's parts for a population of ``p`` members of ``config``."""
-    task = make_task(config.task, **config.task_options)
-    task.setup(config.seed)
-    linears = _linears(task.model)
-    weights = [torch.stack([t.detach()] * p).requires_grad_(True)
-               for m in linears for t in (m.weight, m.bias)]
+    tasks = []
+    for seed in range(p):
+        task = make_task(config.task, **config.task_options)
+        task.setup(seed)
+        tasks.append(task)
+    gradients_of, metrics_of = tasks[0].population_gradients(), tasks[0].population_metrics(tasks)
+    if gradients_of is None or metrics_of is None:
+        sys.exit(f"{config.task} has no written-out population paths")
+    params = [torch.stack(ps).detach() for ps in zip(*(t.parameters() for t in tasks),
+                                                       strict=True)]
     batch = int(config.batch_size)
-    x = task.x_train[:batch].expand(p, -1, -1).contiguous()
-    y = task.y_train[:batch].expand(p, -1).reshape(-1)
-
-    def gradients() -> None:
-        logits = _batched_forward(weights, x)
-        losses = F.cross_entropy(logits.reshape(p * batch, -1), y, reduction="none")
-        torch.autograd.grad(losses.view(p, batch).mean(1).sum(), weights)
-
-    stacked = [w.detach().clone() for w in weights]
-    optimizer = build_optimizer(config.optimizer, stacked, config.hyperparams)
-    for s in stacked:
-        s.grad = torch.full_like(s, 1e-3)
-    rows = torch.cat([task.x_train, task.x_val, task.x_test]).expand(p, -1, -1).contiguous()
-    frozen = [w.detach() for w in weights]
-
-    @torch.no_grad()
-    def forward_all() -> None:
-        _batched_forward(frozen, rows)
-
-    grad_s = _per_call(gradients, 50)
+    xy = (torch.stack([t.x_train[:batch] for t in tasks]),
+          torch.stack([t.y_train[:batch] for t in tasks]))
+    flat = torch.cat([q.reshape(p, -1) for q in params], dim=1)
+    optimizer = build_optimizer(config.optimizer, [flat], {**config.hyperparams,
+                                                           "nonfinite": "ignore"})
+    flat.grad = torch.full_like(flat, 1e-3)
+    rows = list(range(p))
+    grad_s = _per_call(lambda: gradients_of(params, xy), 50)
     update_s = _per_call(optimizer.step, 50)
-    eval_s = _per_call(forward_all, 10)
+    eval_s = _per_call(lambda: metrics_of(params, rows), 10)
     steps = int(config.steps)
     total = steps * (grad_s + update_s) + evaluations * eval_s
     return {"gradients": grad_s, "update": update_s, "evaluation": eval_s, "total": total}
