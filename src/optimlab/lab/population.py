@@ -17,14 +17,17 @@ re-pointed at the slice ``S_j[i]`` (it shares its memory), so the member's own t
 evaluates, measures and plots the member's current parameters with its own code.
 
 A step computes every member's loss and gradients at once. Where the task offers it
-(:meth:`~optimlab.lab.tasks.Task.population_gradients`: plain MLPs, whose forward and
-backward it writes out as batched matrix products, about 6x cheaper), that function does
-it; otherwise ``vmap(grad(loss_i))`` over the stacked parameters and the stacked batches,
-where ``loss_i`` is the task's own ``loss`` called through ``torch.func.functional_call``.
-Both gave gradients bit-identical to the runs alone (measured on the CPU, one thread; one
-backward pass of ``sum_i L_i`` through the vmapped forward summed in another order, and after
-1000 steps its rounding had grown to 1.3e-5 relative on a converged mini-batch loss, beyond
-the tolerance the records are held to). Then one optimizer step updates the flat buffers:
+(:meth:`~optimlab.lab.tasks.Task.population_gradients`: plain MLPs and the convex tasks'
+linear models, whose forward and backward it writes out as batched matrix products; for 16
+mlp-digits members 0.27 ms per step against 1.9 ms through vmap, 2 threads), that function
+does it; otherwise ``vmap(grad(loss_i))`` over the stacked parameters and the stacked
+batches, where ``loss_i`` is the task's own ``loss`` called through
+``torch.func.functional_call``. The MLPs' written-out gradients and vmap's were bit-identical
+to the runs alone (measured on the CPU, one thread), the linear models' agree to rounding
+(:func:`~optimlab.lab.tasks.stacked.linear_gradients`). (One backward pass of ``sum_i L_i``
+through the vmapped forward summed in another order, and after 1000 steps its rounding had
+grown to 1.3e-5 relative on a converged mini-batch loss, beyond the tolerance the records are
+held to.) Then one optimizer step updates the flat buffers:
 it is each member's own step because the optimizer's rules are elementwise (each rule
 declares it: ``Transform.elementwise``), and over one tensor per dtype it costs less than
 over one per parameter.
@@ -69,15 +72,16 @@ give it (one gather for all members on the data tasks). **Evaluations**: the mem
 evaluate after a step (each member keeps its own evaluation grid, which depends on its own
 metrics) are evaluated together where the task offers it
 (:meth:`~optimlab.lab.tasks.Task.population_metrics`: plain MLPs, in chunks of a few
-members; measured on the 2-core CPU, 0.3 ms per member against 0.47 ms for its own
-``evaluate``), else each with its own ``task.evaluate()``. (Batching all members' evaluations
-with ``vmap`` measured slower than evaluating them one by one: 7 MB per layer output for
-16 members left the cache, and their page faults cost more than the products.)
+members, equal to rounding; measured on the 2-core CPU, 0.25 ms per member against 0.47 ms
+for its own ``evaluate``), else each with its own ``task.evaluate()``. (Batching all
+members' evaluations in one piece measured slower than evaluating them one by one: 7 MB per
+layer output for 16 members left the cache, and their page faults cost more than the
+products.)
 
 **Equality.** Batched matrix products may sum in another order than the sequential run's, so
 records agree to rounding, not always bit for bit (``tests/test_population.py`` states the
-tolerances; measured on the CPU, one thread: mlp-digits parameters and evaluations
-bit-identical, its mini-batch losses to 3.3e-7 relative).
+tolerances; measured on the CPU, one thread: mlp-digits parameters bit-identical after
+the full budget, its mini-batch losses and evaluated losses to 3.3e-7 relative).
 
 **Time.** A member's time fields (``train_seconds``, ``warmup_seconds``,
 ``seconds_per_step``, ``time_to_target``, the curves' ``time``) are the population's: one

@@ -1,11 +1,14 @@
-"""Gradients of P stacked MLPs at once, written out (private to the tasks; used through
-:meth:`optimlab.lab.tasks.Task.population_gradients`).
+"""Gradients and metrics of P stacked models at once, written out (private to the tasks;
+used through :meth:`optimlab.lab.tasks.Task.population_gradients` and
+:meth:`~optimlab.lab.tasks.Task.population_metrics`).
 
 A population (:mod:`optimlab.lab.population`) can always differentiate its members with
-``vmap(grad(functional_call(task.loss)))``. For the small MLPs of the lab that machinery,
+``vmap(grad(functional_call(task.loss)))``. For the small models of the lab that machinery,
 not arithmetic, is the step's cost. :func:`cross_entropy_gradients` computes the same losses
 and gradients for a plain MLP under the mean cross-entropy with a few batched calls per layer,
-forward and backward written out, without autograd.
+forward and backward written out, without autograd; :func:`linear_gradients` does the same
+for the convex tasks' regularized linear models, and :class:`ClassificationMetrics` computes
+the MLP tasks' metrics of several members at once.
 
 Measured on the 2-core CPU, torch 2.13, 2 threads, 16 members of mlp-digits, batch 32:
 
