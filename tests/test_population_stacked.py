@@ -76,6 +76,11 @@ def test_frozen_parameters_and_cnn_get_no_written_out_paths() -> None:
     mlp = make_task("mlp-digits", activation="tanh", depth=3, width=16)
     mlp.setup(0)
     assert mlp.population_gradients() is not None
+    # a linear model whose loss the written-out paths do not know (a user's subclass)
+    linear = make_task("logreg-breast-cancer")
+    assert linear.population_gradients() is not None
+    linear.data_loss_name = None
+    assert linear.population_gradients() is None
 
 
 @pytest.mark.parametrize("task", ["logreg-breast-cancer", "softmax-digits",

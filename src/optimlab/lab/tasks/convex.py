@@ -194,7 +194,9 @@ class ConvexTask(Task):
     """An L2-regularized linear model on a scikit-learn data set (see the module docstring).
 
     Subclasses set ``dataset``, ``n_outputs``, ``classifier`` and implement
-    :meth:`_data_loss` and :meth:`_solve`; a regression also overrides :meth:`_targets`.
+    :meth:`_data_loss` and :meth:`_solve`; a regression also overrides :meth:`_targets`. A
+    subclass whose data loss is one of :data:`~optimlab.lab.tasks.stacked.LINEAR_LOSSES` names
+    it in ``data_loss_name`` (populations then use its written-out gradients).
 
     Attributes (after :meth:`setup`): ``x_train``, ``y_train``, ``x_val``, ``y_val``,
     ``x_test``, ``y_test`` (features in ``dtype``; class labels as ``int64``, the regression
@@ -207,8 +209,8 @@ class ConvexTask(Task):
     classifier: bool
     optimal_parameters: tuple[Tensor, Tensor]
     #: :meth:`_data_loss` by its name in :data:`~optimlab.lab.tasks.stacked.LINEAR_LOSSES`
-    #: (the population's written-out gradients)
-    data_loss_name: str
+    #: (the population's written-out gradients); ``None``: another loss (vmap)
+    data_loss_name: str | None = None
 
     def __init__(self, *, name: str, description: str, steps: int, l2: float, dtype: Any,
                  allow_zero_l2: bool = False) -> None:
@@ -240,9 +242,12 @@ class ConvexTask(Task):
         """None: ``loss`` is a pure function of ``(W, b)`` and the batch."""
         return None
 
-    def population_gradients(self) -> StackedGradients:
+    def population_gradients(self) -> StackedGradients | None:
         """The written-out gradients of the regularized linear model
-        (:func:`~optimlab.lab.tasks.stacked.linear_gradients`)."""
+        (:func:`~optimlab.lab.tasks.stacked.linear_gradients`), where its data loss is one
+        they know (``data_loss_name``); else ``None`` (vmap)."""
+        if self.data_loss_name is None:
+            return None
         return linear_gradients(self.data_loss_name, self.l2)
 
     def setup(self, seed: int = 0, device: torch.device | str = "cpu") -> None:
