@@ -40,6 +40,7 @@ import torch
 
 from optimlab.lab.optimizers import build_optimizer
 from optimlab.lab.population import execute_population
+from optimlab.lab.population_stack import Layout
 from optimlab.lab.runs import execute
 from optimlab.lab.schema import RunConfig
 from optimlab.lab.tasks import make_task
@@ -73,7 +74,7 @@ def floor_seconds(config: RunConfig, p: int, evaluations: int) -> dict[str, floa
     batch = int(config.batch_size)
     xy = (torch.stack([t.x_train[:batch] for t in tasks]),
           torch.stack([t.y_train[:batch] for t in tasks]))
-    flat = torch.cat([q.reshape(p, -1) for q in params], dim=1)
+    (flat,) = Layout(tasks[0].parameters()).flatten(params)
     optimizer = build_optimizer(config.optimizer, [flat], {**config.hyperparams,
                                                            "nonfinite": "ignore"})
     flat.grad = torch.full_like(flat, 1e-3)

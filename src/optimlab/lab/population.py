@@ -332,12 +332,12 @@ class _Population:
         gradients itself (each member's own refusal), so its optimizer does not check them
         again (``nonfinite="ignore"``: the screen costs a pass over the gradients)."""
         probe = [nn.Parameter(torch.zeros(1))]
-        groups = []
+        groups, refuse = [], False
         for (a, b), hyper in zip(bounds, hypers, strict=True):
-            keys = {k: v for k, v in build_optimizer(name, probe, hyper).param_groups[0].items()
-                    if k != "params"}
+            built = build_optimizer(name, probe, hyper)
+            refuse = refuse or getattr(built, "nonfinite", None) == "raise"
+            keys = {k: v for k, v in built.param_groups[0].items() if k != "params"}
             groups.append({"params": [buffer[a:b] for buffer in buffers], **keys})
-        refuse = getattr(build_optimizer(name, probe, hypers[0]), "nonfinite", None) == "raise"
         return build_optimizer(name, groups, {**hypers[0], "nonfinite": "ignore"}), refuse
 
     @staticmethod

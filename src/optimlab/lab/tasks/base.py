@@ -16,10 +16,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Batch", "Task", "TaskInfo", "stack_batches"]
+__all__ = ["Batch", "StackedGradients", "StackedMetrics", "Task", "TaskInfo", "stack_batches"]
 
 #: Whatever a task's loss takes: a tuple of tensors for data tasks, ``None`` for 2-D functions.
 Batch = Any
+#: ``(params, batch) -> (grads, losses)``: the stacked parameters (``(P, *shape)`` each, in
+#: ``task.parameters()`` order) and a stacked batch give each member's gradients (same shapes)
+#: and its loss (shape ``(P,)``) (:meth:`Task.population_gradients`).
+StackedGradients = Callable[[Sequence[Tensor], Batch], tuple[list[Tensor], Tensor]]
+#: ``(params, rows) -> metrics``: the metrics of the members ``rows`` (indices into the
+#: population's tasks), whose stacked parameters ``params`` hold one row each, in that order
+#: (:meth:`Task.population_metrics`).
+StackedMetrics = Callable[[Sequence[Tensor], Sequence[int]], list[dict[str, float]]]
 
 
 @dataclass(frozen=True)
@@ -118,8 +126,7 @@ class Task(ABC):
         """
         return f"task {self.info.name!r} does not declare support for population runs"
 
-    def population_gradients(self) -> Callable[[Sequence[Tensor], Batch],
-                                               tuple[list[Tensor], Tensor]] | None:
+    def population_gradients(self) -> StackedGradients | None:
         """A faster way to differentiate a population of this task (tasks like this one),
         or ``None``: the population then uses ``vmap`` over :meth:`loss`.
 
@@ -130,8 +137,7 @@ class Task(ABC):
         member's own model up to rounding."""
         return None
 
-    def population_metrics(self, members: Sequence[Task]) -> Callable[
-            [Sequence[Tensor], Sequence[int]], list[dict[str, float]]] | None:
+    def population_metrics(self, members: Sequence[Task]) -> StackedMetrics | None:
         """A faster way to evaluate several members of the population ``members`` (tasks like
         this one, set up) at once, or ``None``: each member then calls its own
         :meth:`evaluate`.

@@ -70,9 +70,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import check_batch_size, check_real, epoch_batches, stacked_epoch_batches
-from .base import Batch, Task, TaskInfo
+from .base import Batch, StackedGradients, Task, TaskInfo
 from .registry import register
-from .stacked import StackedGradients, linear_gradients
+from .stacked import linear_gradients
 
 __all__ = [
     "ConvexTask",

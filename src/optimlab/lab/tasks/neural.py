@@ -92,15 +92,10 @@ from ._common import (
     epoch_batches,
     stacked_epoch_batches,
 )
-from .base import Batch, Task, TaskInfo
+from .base import Batch, StackedGradients, StackedMetrics, Task, TaskInfo
 from .convex import _load, _split, _standardize
 from .registry import register
-from .stacked import (
-    StackedGradients,
-    StackedMetrics,
-    classification_metrics_of,
-    cross_entropy_gradients,
-)
+from .stacked import classification_metrics_of, cross_entropy_gradients
 
 __all__ = [
     "ACTIVATIONS",

@@ -51,14 +51,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import with_generalization_gap
+from .base import StackedGradients, StackedMetrics
 
-__all__ = ["LINEAR_LOSSES", "ClassificationMetrics", "StackedGradients", "StackedMetrics",
-           "classification_metrics_of", "cross_entropy_gradients", "linear_gradients"]
+__all__ = ["LINEAR_LOSSES", "ClassificationMetrics", "classification_metrics_of",
+           "cross_entropy_gradients", "linear_gradients"]
 
-#: ``(params, batch) -> (grads, losses)``: the stacked parameters (``(P, *shape)`` each, in
-#: ``task.parameters()`` order) and a stacked batch give each member's gradients (same shapes)
-#: and its loss (shape ``(P,)``).
-StackedGradients = Callable[[Sequence[Tensor], tuple[Tensor, ...]], tuple[list[Tensor], Tensor]]
 
 #: Activations a plain MLP may hold, and their backward from the activation's output.
 _BACKWARD: dict[type[nn.Module], Callable[[Tensor, Tensor], Tensor]] = {
@@ -214,11 +211,6 @@ def linear_gradients(loss: str, l2: float) -> StackedGradients:
                 losses + half * penalty)
 
     return gradients
-
-
-#: ``(params, rows) -> metrics``: the metrics of the members ``rows`` (indices into the
-#: population's tasks), whose stacked parameters ``params`` hold one row each, in that order.
-StackedMetrics = Callable[[Sequence[Tensor], Sequence[int]], list[dict[str, float]]]
 
 
 class ClassificationMetrics:
